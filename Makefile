@@ -1,0 +1,34 @@
+# Everything bootstraps its own virtual environment from pyproject.toml: a fresh machine
+# needs only Python 3.11+.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck unit bench-engine clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+## test: lint, type-check, then the whole default suite (real Valkey, no network)
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests loadtests
+	$(BIN)/ruff format --check service tests loadtests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+## bench-engine: the engine against redis-py's Lock and limits, same Valkey, same run
+bench-engine: $(STAMP)
+	$(BIN)/python -m loadtests.bench_engine
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""Rate limits: GCRA (the default), sliding window and fixed window.
+
+All arithmetic is on integers, so decisions are exact and replay is bit-for-bit.
+GCRA keeps its theoretical arrival time (TAT) in units of 1/limit ms: one request
+then costs exactly `period_ms` units and nothing is rounded.
+A rejected request is never charged.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .ops import RateCheck, RateDecision
+
+
+class GcraState(msgspec.Struct, array_like=True, gc=False, tag="g"):
+    tat_scaled: int
+    scale: int  # the limit the TAT was scaled by
+
+
+class WindowState(msgspec.Struct, array_like=True, gc=False, tag="w"):
+    algorithm: str
+    period_ms: int
+    window: int  # index of the current window: now_ms // period_ms
+    previous: int
+    current: int
+
+
+RateState = GcraState | WindowState
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def check(state: RateState | None, cmd: RateCheck, now_ms: int) -> tuple[RateState | None, RateDecision]:
+    """Decide (and, if allowed and cost > 0, charge) one request. cost 0 peeks."""
+    if cmd.algorithm == "gcra":
+        return _gcra(state if isinstance(state, GcraState) else None, cmd, now_ms)
+    window = state if isinstance(state, WindowState) and state.algorithm == cmd.algorithm else None
+    if window is not None and window.period_ms != cmd.period_ms:
+        window = None
+    if cmd.algorithm == "fixed_window":
+        return _fixed(window, cmd, now_ms)
+    return _sliding(window, cmd, now_ms)
+
+
+def is_full(state: RateState, now_ms: int) -> bool:
+    """A full bucket is the same as no state at all, so it can be dropped."""
+    return reset_at_ms(state) <= now_ms
+
+
+def reset_at_ms(state: RateState) -> int:
+    """When the key returns to full if nothing more is charged."""
+    if isinstance(state, GcraState):
+        return _ceil_div(state.tat_scaled, state.scale)
+    if state.algorithm == "fixed_window":
+        return (state.window + 1) * state.period_ms if state.current else 0
+    if state.current:
+        return (state.window + 2) * state.period_ms
+    return (state.window + 1) * state.period_ms if state.previous else 0
+
+
+def _gcra(state: GcraState | None, cmd: RateCheck, now_ms: int) -> tuple[GcraState | None, RateDecision]:
+    limit, period = cmd.limit, cmd.period_ms
+    burst = cmd.burst if cmd.burst is not None else limit
+    now_scaled = now_ms * limit
+    tolerance = burst * period
+    tat = now_scaled
+    if state is not None:
+        tat = state.tat_scaled if state.scale == limit else _ceil_div(state.tat_scaled * limit, state.scale)
+    base = max(tat, now_scaled)
+    new_tat = base + cmd.cost * period
+    if new_tat - now_scaled <= tolerance:
+        decision = RateDecision(
+            allowed=True,
+            limit=limit,
+            remaining=(tolerance - (new_tat - now_scaled)) // period,
+            reset_after_ms=_ceil_div(new_tat - now_scaled, limit),
+            retry_after_ms=0,
+        )
+        if cmd.cost == 0:
+            return state, decision
+        return GcraState(new_tat, limit), decision
+    decision = RateDecision(
+        allowed=False,
+        limit=limit,
+        remaining=max(0, (tolerance - (base - now_scaled)) // period),
+        reset_after_ms=_ceil_div(base - now_scaled, limit),
+        retry_after_ms=_ceil_div(new_tat - now_scaled - tolerance, limit),
+    )
+    return state, decision
+
+
+def _fixed(state: WindowState | None, cmd: RateCheck, now_ms: int) -> tuple[WindowState | None, RateDecision]:
+    period, limit = cmd.period_ms, cmd.limit
+    window = now_ms // period
+    count = state.current if state is not None and state.window == window else 0
+    until_next_ms = (window + 1) * period - now_ms
+    allowed = count + cmd.cost <= limit
+    used = count + cmd.cost if allowed else count
+    decision = RateDecision(
+        allowed=allowed,
+        limit=limit,
+        remaining=max(0, limit - used),
+        reset_after_ms=until_next_ms if used else 0,
+        retry_after_ms=0 if allowed else until_next_ms,
+    )
+    if not allowed or cmd.cost == 0:
+        return state, decision
+    return WindowState("fixed_window", period, window, 0, used), decision
+
+
+def _sliding(state: WindowState | None, cmd: RateCheck, now_ms: int) -> tuple[WindowState | None, RateDecision]:
+    """Two fixed windows, the previous one weighted by how much of it still overlaps."""
+    period, limit, cost = cmd.period_ms, cmd.limit, cmd.cost
+    window = now_ms // period
+    previous = current = 0
+    if state is not None and state.window == window:
+        previous, current = state.previous, state.current
+    elif state is not None and state.window == window - 1:
+        previous = state.current
+    elapsed = now_ms - window * period
+    # Everything below is scaled by `period` to stay in integers.
+    weighted = previous * (period - elapsed) + current * period
+    allowed = weighted + cost * period <= limit * period
+    if allowed:
+        after = weighted + cost * period
+        decision = RateDecision(
+            allowed=True,
+            limit=limit,
+            remaining=(limit * period - after) // period,
+            reset_after_ms=_sliding_reset_ms(previous, current + cost, period, elapsed),
+            retry_after_ms=0,
+        )
+        if cost == 0:
+            return state, decision
+        return WindowState("sliding_window", period, window, previous, current + cost), decision
+    decision = RateDecision(
+        allowed=False,
+        limit=limit,
+        remaining=max(0, (limit * period - weighted) // period),
+        reset_after_ms=_sliding_reset_ms(previous, current, period, elapsed),
+        retry_after_ms=_sliding_retry_ms(previous, current, cost, limit, period, elapsed),
+    )
+    return state, decision
+
+
+def _sliding_reset_ms(previous: int, current: int, period: int, elapsed: int) -> int:
+    if current:
+        return 2 * period - elapsed
+    return period - elapsed if previous else 0
+
+
+def _sliding_retry_ms(previous: int, current: int, cost: int, limit: int, period: int, elapsed: int) -> int:
+    """Earliest wait after which the same request would be allowed."""
+    room = (limit - current - cost) * period  # what the previous window's weight must fall to
+    if room >= 0 and previous > 0:
+        # previous * (period - e) <= room  <=>  e >= period - room / previous
+        needed = period - room // previous
+        if needed < period:
+            return max(1, needed - elapsed)
+    # Not in this window: in the next one, `current` becomes the weighted previous.
+    room_next = (limit - cost) * period
+    if room_next < 0:
+        return (2 * period) - elapsed  # cost above the limit never fits; report a full cycle
+    needed_next = 0 if current == 0 else max(0, period - room_next // current)
+    return (period - elapsed) + needed_next

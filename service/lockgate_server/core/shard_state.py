@@ -1,0 +1,331 @@
+"""The state of one shard: every object pinned to it, and the one `apply` that changes it.
+
+Pure and deterministic: time arrives as an argument, lease ids in the commands, tokens
+from the LSN. Applying the same commands with the same times to the same snapshot
+always gives the same state, which is what recovery by replay relies on.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Final, NamedTuple, cast
+
+import msgspec
+
+from ..limits import IDEMPOTENCY_ENTRIES_PER_SHARD_MAX, IDEMPOTENCY_WINDOW_MS
+from . import counter, leases, lock, ratelimit, semaphore
+from .context import Context, Notice
+from .leases import LeasePool
+from .ops import (
+    Acquire,
+    AnyResult,
+    CancelWait,
+    Command,
+    CounterAdd,
+    CounterCompareAndSet,
+    CounterGet,
+    CounterSet,
+    CounterValue,
+    Done,
+    Expire,
+    FenceCheck,
+    ForceRelease,
+    Granted,
+    Inspect,
+    LeaseKind,
+    Queued,
+    RateCheck,
+    RateReset,
+    Recover,
+    Release,
+    Released,
+    Renew,
+    Result,
+)
+from .ratelimit import RateState
+
+SNAPSHOT_FORMAT_VERSION: Final = 1
+
+
+class Applied(NamedTuple):
+    result: Result
+    notices: list[Notice]
+    logged: bool  # False for reads and for repeats answered from memory
+    lsn: int  # the op's own LSN if logged, else the LSN of the state it read
+
+
+class Remembered(msgspec.Struct, array_like=True, gc=False):
+    expires_at_ms: int
+    result: AnyResult
+
+
+class Snapshot(msgspec.Struct, array_like=True):
+    version: int
+    shard: int
+    lsn: int
+    last_now_ms: int
+    locks: dict[str, LeasePool]
+    semaphores: dict[str, LeasePool]
+    counters: dict[str, int]
+    rates: dict[str, RateState]
+    remembered: dict[str, Remembered]
+
+
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+_KINDS_WITH_LEASES: Final = {"lock": lock, "semaphore": semaphore}
+
+
+def object_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def _memory_key(kind: str, namespace: str, name: str, request_id: str) -> str:
+    return f"{kind}/{namespace}/{name}#{request_id}"
+
+
+def _kind_of(cmd: Command) -> str:
+    if isinstance(cmd, Acquire | Release | Renew | CancelWait | ForceRelease | Inspect | FenceCheck):
+        return cmd.kind
+    if isinstance(cmd, CounterAdd | CounterSet | CounterCompareAndSet | CounterGet):
+        return "counter"
+    return "ratelimit"
+
+
+class ShardState:
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.lsn = 0
+        self.last_now_ms = 0
+        self.locks: dict[str, LeasePool] = {}
+        self.semaphores: dict[str, LeasePool] = {}
+        self.counters: dict[str, int] = {}
+        self.rates: dict[str, RateState] = {}
+        self.remembered: dict[str, Remembered] = {}
+        # Derived, never persisted: (at_ms, kind, key), possibly stale, never late.
+        self._deadlines: list[tuple[int, str, str]] = []
+
+    # --- the one entry point ---------------------------------------------------------
+    def apply(self, cmd: Command, now_ms: int) -> Applied:
+        """Apply one command at `now_ms` (the sequencer's stamp, never earlier than the last)."""
+        now_ms = max(now_ms, self.last_now_ms)
+        read = self._read(cmd, now_ms)
+        if read is not None:
+            return Applied(read, [], False, self.lsn)
+        memory_key = None
+        request_id = getattr(cmd, "request_id", None)
+        if request_id is not None:
+            assert isinstance(
+                cmd, Acquire | Release | Renew | CounterAdd | CounterSet | CounterCompareAndSet | RateCheck | RateReset
+            )
+            memory_key = _memory_key(_kind_of(cmd), cmd.namespace, cmd.name, request_id)
+            remembered = self.remembered.get(memory_key)
+            if remembered is not None:
+                return Applied(remembered.result, [], False, self.lsn)
+        previous_now_ms, self.last_now_ms = self.last_now_ms, now_ms
+        self.lsn += 1
+        op_lsn = self.lsn
+        ctx = Context(now_ms, op_lsn)
+        result = self._mutate(cmd, ctx, previous_now_ms)
+        self.lsn = ctx.lsn
+        self._forget_old_answers(now_ms)
+        if memory_key is not None:
+            self.remembered[memory_key] = Remembered(now_ms + IDEMPOTENCY_WINDOW_MS, cast(AnyResult, result))
+        for notice in ctx.notices:
+            self._remember_notice(notice)
+        return Applied(result, ctx.notices, True, op_lsn)
+
+    # --- reads ---------------------------------------------------------------------------
+    def _read(self, cmd: Command, now_ms: int) -> Result | None:
+        match cmd:
+            case Inspect(kind=kind, namespace=namespace, name=name):
+                pool = self._pools(kind).get(object_key(namespace, name))
+                return leases.inspect(pool, now_ms, default_limit=1)
+            case FenceCheck(kind=kind, namespace=namespace, name=name, token=token):
+                pool = self._pools(kind).get(object_key(namespace, name))
+                return leases.fence_check(pool, token, now_ms)
+            case CounterGet(namespace=namespace, name=name):
+                return CounterValue(value=self.counters.get(object_key(namespace, name), 0))
+            case RateCheck(cost=0, namespace=namespace, name=name):
+                return ratelimit.check(self.rates.get(object_key(namespace, name)), cmd, now_ms)[1]
+        return None
+
+    # --- writes --------------------------------------------------------------------------
+    def _mutate(self, cmd: Command, ctx: Context, previous_now_ms: int) -> Result:
+        match cmd:
+            case Acquire() | Release() | Renew() | CancelWait() | ForceRelease():
+                return self._apply_lease(cmd, ctx)
+            case CounterAdd() | CounterSet() | CounterCompareAndSet():
+                key = object_key(cmd.namespace, cmd.name)
+                value, result = counter.apply(self.counters.get(key, 0), cmd)
+                if value:
+                    self.counters[key] = value
+                else:
+                    self.counters.pop(key, None)  # 0 reads the same as absent
+                return result
+            case RateCheck():
+                return self._apply_rate(cmd, ctx.now_ms)
+            case RateReset(namespace=namespace, name=name):
+                self.rates.pop(object_key(namespace, name), None)
+                return Done()
+            case Expire(until_ms=until_ms):
+                self._expire(until_ms, ctx)
+                return Done()
+            case Recover(last_alive_ms=last_alive_ms):
+                self._recover(ctx, max(previous_now_ms, last_alive_ms))
+                return Done()
+        raise AssertionError(f"unknown command {cmd!r}")
+
+    def _pools(self, kind: LeaseKind | str) -> dict[str, LeasePool]:
+        return self.locks if kind == "lock" else self.semaphores
+
+    def _apply_lease(self, cmd: Acquire | Release | Renew | CancelWait | ForceRelease, ctx: Context) -> Result:
+        pools = self._pools(cmd.kind)
+        key = object_key(cmd.namespace, cmd.name)
+        pool = pools.get(key)
+        if pool is None:
+            if isinstance(cmd, Release | Renew):
+                return leases.apply(LeasePool(limit=1), cmd, ctx)  # answers not_owner
+            if not isinstance(cmd, Acquire):
+                return Done() if isinstance(cmd, CancelWait) else Released()
+            pool = _KINDS_WITH_LEASES[cmd.kind].new_state(cmd)
+            pools[key] = pool
+        ctx.kind, ctx.key = cmd.kind, key
+        result: Result = _KINDS_WITH_LEASES[cmd.kind].apply(pool, cmd, ctx)
+        self._after_pool_change(cmd.kind, key, pool, ctx)
+        return result
+
+    def _after_pool_change(self, kind: str, key: str, pool: LeasePool, ctx: Context) -> None:
+        if leases.is_idle(pool):
+            del self._pools(kind)[key]
+        elif ctx.earliest_deadline_ms is not None:
+            heapq.heappush(self._deadlines, (ctx.earliest_deadline_ms, kind, key))
+        ctx.earliest_deadline_ms = None
+
+    def _apply_rate(self, cmd: RateCheck, now_ms: int) -> Result:
+        key = object_key(cmd.namespace, cmd.name)
+        old = self.rates.get(key)
+        new, decision = ratelimit.check(old, cmd, now_ms)
+        if new is not old and new is not None:
+            self.rates[key] = new
+            reset_at = ratelimit.reset_at_ms(new)
+            # One deadline per key is enough while it only moves later.
+            if old is None or reset_at < ratelimit.reset_at_ms(old):
+                heapq.heappush(self._deadlines, (reset_at, "ratelimit", key))
+        return decision
+
+    def _expire(self, until_ms: int, ctx: Context) -> None:
+        due: set[tuple[str, str]] = set()
+        while self._deadlines and self._deadlines[0][0] <= until_ms:
+            _, kind, key = heapq.heappop(self._deadlines)
+            due.add((kind, key))
+        # Sorted, not heap order: stale heap entries differ between live and replay.
+        for kind, key in sorted(due):
+            if kind == "ratelimit":
+                state = self.rates.get(key)
+                if state is None:
+                    continue
+                if ratelimit.is_full(state, ctx.now_ms):
+                    del self.rates[key]
+                else:
+                    heapq.heappush(self._deadlines, (ratelimit.reset_at_ms(state), kind, key))
+                continue
+            pool = self._pools(kind).get(key)
+            if pool is None:
+                continue
+            ctx.kind, ctx.key = kind, key
+            leases.settle(pool, ctx)
+            upcoming = leases.next_deadline_ms(pool)
+            if upcoming is not None:
+                ctx.deadline(upcoming)
+            self._after_pool_change(kind, key, pool, ctx)
+
+    def _recover(self, ctx: Context, outage_began_ms: int) -> None:
+        outage_ms = ctx.now_ms - outage_began_ms
+        for kind in ("lock", "semaphore"):
+            pools = self._pools(kind)
+            for key in list(pools):
+                pool = pools[key]
+                for waiter in leases.shift_for_outage(pool, outage_ms):
+                    if waiter.request_id is not None:
+                        self.forget_waiter(kind, key, waiter.request_id)
+                if leases.is_idle(pool):
+                    del pools[key]
+        self._rebuild_deadlines()
+
+    # --- idempotency memory -------------------------------------------------------------------
+    def _forget_old_answers(self, now_ms: int) -> None:
+        remembered = self.remembered
+        while remembered:
+            oldest_key = next(iter(remembered))
+            if remembered[oldest_key].expires_at_ms > now_ms and len(remembered) <= IDEMPOTENCY_ENTRIES_PER_SHARD_MAX:
+                break
+            del remembered[oldest_key]
+
+    def _remember_notice(self, notice: Notice) -> None:
+        """A queued acquire's answer replaces its remembered 'queued'; anything but a grant forgets it."""
+        if notice.request_id is None:
+            return
+        namespace, name = notice.key.split("/", 1)
+        key = _memory_key(notice.kind, namespace, name, notice.request_id)
+        remembered = self.remembered.get(key)
+        if remembered is None or not isinstance(remembered.result, Queued):
+            return
+        if isinstance(notice.result, Granted):
+            remembered.result = notice.result
+        else:
+            del self.remembered[key]
+
+    def forget_waiter(self, kind: str, key: str, request_id: str) -> None:
+        namespace, name = key.split("/", 1)
+        self.remembered.pop(_memory_key(kind, namespace, name, request_id), None)
+
+    # --- deadlines ------------------------------------------------------------------------------
+    def next_deadline_ms(self) -> int | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def _rebuild_deadlines(self) -> None:
+        entries: list[tuple[int, str, str]] = []
+        for kind in ("lock", "semaphore"):
+            for key, pool in self._pools(kind).items():
+                at = leases.next_deadline_ms(pool)
+                if at is not None:
+                    entries.append((at, kind, key))
+        entries.extend((ratelimit.reset_at_ms(state), "ratelimit", key) for key, state in self.rates.items())
+        heapq.heapify(entries)
+        self._deadlines = entries
+
+    # --- snapshots --------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        return _snapshot_encoder.encode(
+            Snapshot(
+                version=SNAPSHOT_FORMAT_VERSION,
+                shard=self.shard,
+                lsn=self.lsn,
+                last_now_ms=self.last_now_ms,
+                locks=self.locks,
+                semaphores=self.semaphores,
+                counters=self.counters,
+                rates=self.rates,
+                remembered=self.remembered,
+            )
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> ShardState:
+        snap = _snapshot_decoder.decode(data)
+        if snap.version != SNAPSHOT_FORMAT_VERSION:
+            raise ValueError(
+                f"snapshot format {snap.version} is not readable by this version ({SNAPSHOT_FORMAT_VERSION})"
+            )
+        state = cls(snap.shard)
+        state.lsn = snap.lsn
+        state.last_now_ms = snap.last_now_ms
+        state.locks = snap.locks
+        state.semaphores = snap.semaphores
+        state.counters = snap.counters
+        state.rates = snap.rates
+        state.remembered = snap.remembered
+        state._rebuild_deadlines()
+        return state

@@ -1,0 +1,1 @@
+"""Redis/Valkey: the embedded server and the fenced shard log."""

@@ -1,0 +1,178 @@
+"""The shard log in Redis: fenced appends, snapshots, ownership and recovery reads.
+
+Per shard, every key shares the hash tag `{lg:N}` so a shard lives in one Cluster slot:
+  {lg:N}:epoch  owner epoch, INCR'd by every node that takes the shard
+  {lg:N}:lsn    last LSN written
+  {lg:N}:log    stream of records since the last snapshot, ID = first LSN of the record
+  {lg:N}:snap   hash {lsn, data}: the last snapshot and the LSN it covers
+  {lg:N}:alive  the owner's last heartbeat (ms); a new owner starts the outage there
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import redis.asyncio as redis
+
+from ..core.ops import AnyCommand
+
+LOG_FORMAT_VERSION: Final = 1
+RECOVERY_PAGE_RECORDS: Final = 1000
+
+# COMMIT: one tick's records for many shards, all or nothing, fenced.
+# KEYS: per shard, 4 each: epoch, lsn, log, snap
+# ARGV: per shard, 5 each: epoch, prev_lsn, last_lsn, record ('' for none), snapshot ('' for none)
+# Returns: {} when written; otherwise {'epoch'|'lsn', position, found} for the first shard
+#          whose owner epoch or last LSN is not what the caller expects, and nothing is written.
+COMMIT_SCRIPT: Final = """
+local n = #KEYS / 4
+for i = 0, n - 1 do
+  local epoch = redis.call('GET', KEYS[4*i+1])
+  if epoch ~= ARGV[5*i+1] then return {'epoch', i + 1, epoch or ''} end
+  local lsn = redis.call('GET', KEYS[4*i+2]) or '0'
+  if lsn ~= ARGV[5*i+2] then return {'lsn', i + 1, lsn} end
+end
+for i = 0, n - 1 do
+  local last = ARGV[5*i+3]
+  if ARGV[5*i+4] ~= '' then
+    redis.call('XADD', KEYS[4*i+3], (tonumber(ARGV[5*i+2]) + 1) .. '-0', 'r', ARGV[5*i+4])
+    redis.call('SET', KEYS[4*i+2], last)
+  end
+  if ARGV[5*i+5] ~= '' then
+    redis.call('HSET', KEYS[4*i+4], 'lsn', last, 'data', ARGV[5*i+5])
+    redis.call('XTRIM', KEYS[4*i+3], 'MINID', (tonumber(last) + 1) .. '-0')
+  end
+end
+return {}
+"""
+
+
+class LogRecord(msgspec.Struct, array_like=True):
+    """One commit's entries for one shard: (now_ms, command) in sequencing order."""
+
+    version: int
+    first_lsn: int
+    last_lsn: int
+    entries: list[tuple[int, AnyCommand]]
+
+
+record_encoder = msgspec.msgpack.Encoder()
+record_decoder = msgspec.msgpack.Decoder(LogRecord)
+
+
+class FenceRefused(Exception):
+    """The store refused a commit: another owner took the shard, or its log moved on."""
+
+    def __init__(self, reason: str, shard: int, found: str) -> None:
+        super().__init__(f"shard {shard}: {reason} is {found!r} in the store")
+        self.reason = reason
+        self.shard = shard
+
+
+@dataclass(frozen=True, slots=True)
+class ShardAppend:
+    shard: int
+    epoch: int
+    prev_lsn: int
+    last_lsn: int
+    record: bytes  # b"" when only a snapshot is written
+    snapshot: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardHistory:
+    epoch: int
+    lsn: int
+    snapshot: bytes | None
+    snapshot_lsn: int
+    records: list[LogRecord]
+    last_alive_ms: int
+
+
+def shard_keys(shard: int) -> tuple[str, str, str, str, str]:
+    tag = f"{{lg:{shard}}}"
+    return f"{tag}:epoch", f"{tag}:lsn", f"{tag}:log", f"{tag}:snap", f"{tag}:alive"
+
+
+class RedisLog:
+    """Talks to Redis over one connection for commits, so commits arrive in order."""
+
+    def __init__(self, url: str) -> None:
+        # Typed loosely: redis-py's annotations cannot tell pipelines from awaitables.
+        self._commits: Any = redis.Redis.from_url(url, single_connection_client=True)
+        self._other: Any = redis.Redis.from_url(url)
+        self._commit_sha: str | None = None
+
+    async def connect(self) -> None:
+        self._commit_sha = await self._other.script_load(COMMIT_SCRIPT)
+
+    async def close(self) -> None:
+        await self._commits.aclose()
+        await self._other.aclose()
+
+    async def store_settings(self) -> dict[str, str]:
+        config = await self._other.config_get("append*")
+        return {str(key): str(value) for key, value in config.items()}
+
+    async def ping(self) -> bool:
+        return bool(await self._other.ping())
+
+    async def commit(self, appends: list[ShardAppend]) -> None:
+        keys: list[str] = []
+        args: list[bytes | int | str] = []
+        for append in appends:
+            epoch_key, lsn_key, log_key, snap_key, _ = shard_keys(append.shard)
+            keys += [epoch_key, lsn_key, log_key, snap_key]
+            args += [str(append.epoch), str(append.prev_lsn), str(append.last_lsn), append.record, append.snapshot]
+        assert self._commit_sha is not None, "connect() first"
+        try:
+            reply = await self._commits.evalsha(self._commit_sha, len(keys), *keys, *args)
+        except redis.ResponseError as error:
+            if "NOSCRIPT" not in str(error):
+                raise
+            # The store restarted and forgot the script: load it again, once.
+            self._commit_sha = await self._commits.script_load(COMMIT_SCRIPT)
+            reply = await self._commits.evalsha(self._commit_sha, len(keys), *keys, *args)
+        if reply:
+            reason, position, found = reply
+            raise FenceRefused(reason.decode(), appends[int(position) - 1].shard, found.decode())
+
+    async def take(self, shards: list[int]) -> dict[int, int]:
+        """Become the owner of `shards`: every other owner's next append is refused."""
+        async with self._other.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.incr(shard_keys(shard)[0])
+            epochs = await pipe.execute()
+        return dict(zip(shards, (int(epoch) for epoch in epochs), strict=True))
+
+    async def heartbeat(self, shards: list[int], now_ms: int) -> None:
+        async with self._other.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.set(shard_keys(shard)[4], now_ms)
+            await pipe.execute()
+
+    async def read_history(self, shard: int, epoch: int) -> ShardHistory:
+        _, lsn_key, log_key, snap_key, alive_key = shard_keys(shard)
+        async with self._other.pipeline(transaction=False) as pipe:
+            pipe.get(lsn_key).hmget(snap_key, "lsn", "data").get(alive_key)
+            lsn_raw, (snap_lsn_raw, snapshot), alive_raw = await pipe.execute()
+        snapshot_lsn = int(snap_lsn_raw or 0)
+        records: list[LogRecord] = []
+        start = f"{snapshot_lsn + 1}-0"
+        while True:
+            page = await self._other.xrange(log_key, min=start, max="+", count=RECOVERY_PAGE_RECORDS)
+            for _entry_id, fields in page:
+                records.append(record_decoder.decode(fields[b"r"]))
+            if len(page) < RECOVERY_PAGE_RECORDS:
+                break
+            start = "(" + page[-1][0].decode()
+        return ShardHistory(
+            epoch=epoch,
+            lsn=int(lsn_raw or 0),
+            snapshot=snapshot,
+            snapshot_lsn=snapshot_lsn,
+            records=records,
+            last_alive_ms=int(alive_raw or 0),
+        )
