@@ -29,6 +29,10 @@ class NotFound(RequestError):
     pass
 
 
+class MethodNotAllowed(RequestError):
+    pass
+
+
 class Unauthorized(RequestError):
     pass
 

