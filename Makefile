@@ -5,20 +5,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench-engine clean
+.PHONY: run test lint typecheck unit bench-engine bench-http clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]' -e ./sdk
 	touch $(STAMP)
+
+## run: the service on 127.0.0.1:8420 with an embedded Valkey (data in ./data)
+run: $(STAMP)
+	$(BIN)/lockgate-server
 
 ## test: lint, type-check, then the whole default suite (real Valkey, no network)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests loadtests
-	$(BIN)/ruff format --check service tests loadtests
+	$(BIN)/ruff check service sdk tests loadtests
+	$(BIN)/ruff format --check service sdk tests loadtests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
