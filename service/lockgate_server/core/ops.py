@@ -111,6 +111,35 @@ class RateReset(ObjectCommand, frozen=True, kw_only=True, array_like=True, tag="
     request_id: str | None = None
 
 
+class RateItem(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One limit of a multi-limit check; `key` names its state within the namespace."""
+
+    key: str
+    limit: int
+    period_ms: int
+    burst: int | None = None
+    cost: int = 1
+    algorithm: Algorithm = "gcra"
+    shadow: bool = False  # decide and charge, but never deny
+
+
+class RateCheckAll(ObjectCommand, frozen=True, kw_only=True, array_like=True, tag="rall"):
+    """Several limits checked all-or-nothing: if any enforced one denies, none is charged.
+
+    `name` only routes the command (all its items live on that name's shard), so a
+    gateway domain's limits can be decided atomically by one shard.
+    """
+
+    items: list[RateItem]
+    request_id: str | None = None
+
+
+class RateResetAll(ObjectCommand, frozen=True, kw_only=True, array_like=True, tag="rrall"):
+    """Forget the state of `keys` (items of RateCheckAll routed by the same `name`)."""
+
+    keys: list[str]
+
+
 # --- shard-level operations ---------------------------------------------------
 class Expire(Command, frozen=True, kw_only=True, array_like=True, tag="exp"):
     """Timer-driven: settle every object with a deadline at or before `until_ms`.
@@ -139,7 +168,11 @@ READ_COMMANDS = (Inspect, FenceCheck, CounterGet)
 
 def is_read(command: Command) -> bool:
     """Reads never change state and are never logged."""
-    return isinstance(command, READ_COMMANDS) or (isinstance(command, RateCheck) and command.cost == 0)
+    if isinstance(command, RateCheck):
+        return command.cost == 0
+    if isinstance(command, RateCheckAll):
+        return all(item.cost == 0 for item in command.items)
+    return isinstance(command, READ_COMMANDS)
 
 
 # --- results --------------------------------------------------------------------
@@ -201,6 +234,11 @@ class RateDecision(Result, frozen=True, kw_only=True, array_like=True, tag="rd")
     retry_after_ms: int
 
 
+class RateDecisions(Result, frozen=True, kw_only=True, array_like=True, tag="rds"):
+    allowed: bool  # False if any enforced (non-shadow) limit denied; then nothing was charged
+    decisions: list[RateDecision]
+
+
 class Done(Result, frozen=True, kw_only=True, array_like=True, tag="ok"):
     pass
 
@@ -238,6 +276,8 @@ AnyCommand = (
     | CounterGet
     | RateCheck
     | RateReset
+    | RateCheckAll
+    | RateResetAll
     | Expire
     | Recover
 )
@@ -251,6 +291,7 @@ AnyResult = (
     | CounterValue
     | CasOutcome
     | RateDecision
+    | RateDecisions
     | Done
     | Failure
 )

@@ -8,9 +8,26 @@ A rejected request is never charged.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import msgspec
 
-from .ops import RateCheck, RateDecision
+from .ops import RateDecision
+
+
+class RateSpec(Protocol):
+    """What a check needs to know: RateCheck and RateItem both carry it."""
+
+    @property
+    def limit(self) -> int: ...
+    @property
+    def period_ms(self) -> int: ...
+    @property
+    def burst(self) -> int | None: ...
+    @property
+    def cost(self) -> int: ...
+    @property
+    def algorithm(self) -> str: ...
 
 
 class GcraState(msgspec.Struct, array_like=True, gc=False, tag="g"):
@@ -33,7 +50,7 @@ def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
 
-def check(state: RateState | None, cmd: RateCheck, now_ms: int) -> tuple[RateState | None, RateDecision]:
+def check(state: RateState | None, cmd: RateSpec, now_ms: int) -> tuple[RateState | None, RateDecision]:
     """Decide (and, if allowed and cost > 0, charge) one request. cost 0 peeks."""
     if cmd.algorithm == "gcra":
         return _gcra(state if isinstance(state, GcraState) else None, cmd, now_ms)
@@ -61,7 +78,7 @@ def reset_at_ms(state: RateState) -> int:
     return (state.window + 1) * state.period_ms if state.previous else 0
 
 
-def _gcra(state: GcraState | None, cmd: RateCheck, now_ms: int) -> tuple[GcraState | None, RateDecision]:
+def _gcra(state: GcraState | None, cmd: RateSpec, now_ms: int) -> tuple[GcraState | None, RateDecision]:
     limit, period = cmd.limit, cmd.period_ms
     burst = cmd.burst if cmd.burst is not None else limit
     now_scaled = now_ms * limit
@@ -92,7 +109,7 @@ def _gcra(state: GcraState | None, cmd: RateCheck, now_ms: int) -> tuple[GcraSta
     return state, decision
 
 
-def _fixed(state: WindowState | None, cmd: RateCheck, now_ms: int) -> tuple[WindowState | None, RateDecision]:
+def _fixed(state: WindowState | None, cmd: RateSpec, now_ms: int) -> tuple[WindowState | None, RateDecision]:
     period, limit = cmd.period_ms, cmd.limit
     window = now_ms // period
     count = state.current if state is not None and state.window == window else 0
@@ -111,7 +128,7 @@ def _fixed(state: WindowState | None, cmd: RateCheck, now_ms: int) -> tuple[Wind
     return WindowState("fixed_window", period, window, 0, used), decision
 
 
-def _sliding(state: WindowState | None, cmd: RateCheck, now_ms: int) -> tuple[WindowState | None, RateDecision]:
+def _sliding(state: WindowState | None, cmd: RateSpec, now_ms: int) -> tuple[WindowState | None, RateDecision]:
     """Two fixed windows, the previous one weighted by how much of it still overlaps."""
     period, limit, cost = cmd.period_ms, cmd.limit, cmd.cost
     window = now_ms // period

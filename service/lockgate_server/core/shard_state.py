@@ -35,12 +35,16 @@ from .ops import (
     LeaseKind,
     Queued,
     RateCheck,
+    RateCheckAll,
+    RateDecisions,
     RateReset,
+    RateResetAll,
     Recover,
     Release,
     Released,
     Renew,
     Result,
+    is_read,
 )
 from .ratelimit import RateState
 
@@ -117,7 +121,16 @@ class ShardState:
         request_id = getattr(cmd, "request_id", None)
         if request_id is not None:
             assert isinstance(
-                cmd, Acquire | Release | Renew | CounterAdd | CounterSet | CounterCompareAndSet | RateCheck | RateReset
+                cmd,
+                Acquire
+                | Release
+                | Renew
+                | CounterAdd
+                | CounterSet
+                | CounterCompareAndSet
+                | RateCheck
+                | RateReset
+                | RateCheckAll,
             )
             memory_key = _memory_key(_kind_of(cmd), cmd.namespace, cmd.name, request_id)
             remembered = self.remembered.get(memory_key)
@@ -149,6 +162,8 @@ class ShardState:
                 return CounterValue(value=self.counters.get(object_key(namespace, name), 0))
             case RateCheck(cost=0, namespace=namespace, name=name):
                 return ratelimit.check(self.rates.get(object_key(namespace, name)), cmd, now_ms)[1]
+            case RateCheckAll() if is_read(cmd):
+                return self._check_all(cmd, now_ms, charge=False)
         return None
 
     # --- writes --------------------------------------------------------------------------
@@ -168,6 +183,12 @@ class ShardState:
                 return self._apply_rate(cmd, ctx.now_ms)
             case RateReset(namespace=namespace, name=name):
                 self.rates.pop(object_key(namespace, name), None)
+                return Done()
+            case RateCheckAll():
+                return self._check_all(cmd, ctx.now_ms, charge=True)
+            case RateResetAll(namespace=namespace, keys=keys):
+                for key in keys:
+                    self.rates.pop(object_key(namespace, key), None)
                 return Done()
             case Expire(until_ms=until_ms):
                 self._expire(until_ms, ctx)
@@ -207,13 +228,31 @@ class ShardState:
         key = object_key(cmd.namespace, cmd.name)
         old = self.rates.get(key)
         new, decision = ratelimit.check(old, cmd, now_ms)
-        if new is not old and new is not None:
-            self.rates[key] = new
-            reset_at = ratelimit.reset_at_ms(new)
-            # One deadline per key is enough while it only moves later.
-            if old is None or reset_at < ratelimit.reset_at_ms(old):
-                heapq.heappush(self._deadlines, (reset_at, "ratelimit", key))
+        self._store_rate(key, old, new)
         return decision
+
+    def _store_rate(self, key: str, old: RateState | None, new: RateState | None) -> None:
+        if new is old or new is None:
+            return
+        self.rates[key] = new
+        reset_at = ratelimit.reset_at_ms(new)
+        # One deadline per key is enough while it only moves later.
+        if old is None or reset_at < ratelimit.reset_at_ms(old):
+            heapq.heappush(self._deadlines, (reset_at, "ratelimit", key))
+
+    def _check_all(self, cmd: RateCheckAll, now_ms: int, *, charge: bool) -> RateDecisions:
+        checked = []
+        for item in cmd.items:
+            key = object_key(cmd.namespace, item.key)
+            old = self.rates.get(key)
+            new, decision = ratelimit.check(old, item, now_ms)
+            checked.append((key, old, new, decision))
+        allowed = all(decision.allowed or item.shadow for item, (*_, decision) in zip(cmd.items, checked, strict=True))
+        if charge and allowed:
+            for key, old, new, decision in checked:
+                if decision.allowed:
+                    self._store_rate(key, old, new)
+        return RateDecisions(allowed=allowed, decisions=[decision for *_, decision in checked])
 
     def _expire(self, until_ms: int, ctx: Context) -> None:
         due: set[tuple[str, str]] = set()
