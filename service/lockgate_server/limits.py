@@ -37,10 +37,11 @@ RATE_PERIOD_MAX_MS: Final = 366 * 24 * 3600 * 1000
 RATE_COST_MAX: Final = 1_000_000_000
 
 # --- idempotency -----------------------------------------------------------
-IDEMPOTENCY_WINDOW_MS: Final = 10 * 60 * 1000
+IDEMPOTENCY_WINDOW_MS: Final = 5 * 60 * 1000
 """How long a request_id's first answer is remembered."""
-IDEMPOTENCY_ENTRIES_PER_SHARD_MAX: Final = 100_000
-"""Oldest remembered answers are forgotten first once a shard holds this many."""
+IDEMPOTENCY_ENTRIES_PER_SHARD_MAX: Final = 10_000
+"""Oldest remembered answers are forgotten first once a shard holds this many
+(10,000 x 64 shards of about 300 bytes: the memory bound of idempotency)."""
 
 # --- sequencing and commit ---------------------------------------------------
 COMMIT_OPS_MAX: Final = 8192

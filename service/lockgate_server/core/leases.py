@@ -158,6 +158,7 @@ def cancel_wait(pool: LeasePool, cmd: CancelWait, ctx: Context) -> Result:
     lease = pool.leases.pop(cmd.lease_id, None)
     if lease is not None:
         pool.used -= lease.permits
+        ctx.notify(cmd.lease_id, cmd.request_id, Failure(code="cancelled", detail="given back: the caller left"))
         _serve_line(pool, ctx)
         return Released()
     return Done()

@@ -55,6 +55,7 @@ class CancelWait(ObjectCommand, frozen=True, kw_only=True, array_like=True, tag=
 
     kind: LeaseKind
     lease_id: str
+    request_id: str | None = None  # the acquire's, so a repeat cannot return a given-back grant
 
 
 class ForceRelease(ObjectCommand, frozen=True, kw_only=True, array_like=True, tag="frel"):

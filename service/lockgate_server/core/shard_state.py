@@ -47,6 +47,7 @@ from .ops import (
     is_read,
 )
 from .ratelimit import RateState
+from .wheel import ExpiryWheel, bucket_complete
 
 SNAPSHOT_FORMAT_VERSION: Final = 1
 
@@ -107,8 +108,9 @@ class ShardState:
         self.counters: dict[str, int] = {}
         self.rates: dict[str, RateState] = {}
         self.remembered: dict[str, Remembered] = {}
-        # Derived, never persisted: (at_ms, kind, key), possibly stale, never late.
-        self._deadlines: list[tuple[int, str, str]] = []
+        # Derived, never persisted; entries may be stale (early), never late.
+        self._deadlines: list[tuple[int, str, str]] = []  # lease pools: (at_ms, kind, key)
+        self._rate_wheel = ExpiryWheel()  # rate-limit keys, by when they are full again
 
     # --- the one entry point ---------------------------------------------------------
     def apply(self, cmd: Command, now_ms: int) -> Applied:
@@ -236,9 +238,9 @@ class ShardState:
             return
         self.rates[key] = new
         reset_at = ratelimit.reset_at_ms(new)
-        # One deadline per key is enough while it only moves later.
+        # One entry per key is enough while its time only moves later.
         if old is None or reset_at < ratelimit.reset_at_ms(old):
-            heapq.heappush(self._deadlines, (reset_at, "ratelimit", key))
+            self._rate_wheel.add(reset_at, key)
 
     def _check_all(self, cmd: RateCheckAll, now_ms: int, *, charge: bool) -> RateDecisions:
         checked = []
@@ -255,21 +257,13 @@ class ShardState:
         return RateDecisions(allowed=allowed, decisions=[decision for *_, decision in checked])
 
     def _expire(self, until_ms: int, ctx: Context) -> None:
+        self._drop_full_rate_keys(until_ms)
         due: set[tuple[str, str]] = set()
         while self._deadlines and self._deadlines[0][0] <= until_ms:
             _, kind, key = heapq.heappop(self._deadlines)
             due.add((kind, key))
         # Sorted, not heap order: stale heap entries differ between live and replay.
         for kind, key in sorted(due):
-            if kind == "ratelimit":
-                state = self.rates.get(key)
-                if state is None:
-                    continue
-                if ratelimit.is_full(state, ctx.now_ms):
-                    del self.rates[key]
-                else:
-                    heapq.heappush(self._deadlines, (ratelimit.reset_at_ms(state), kind, key))
-                continue
             pool = self._pools(kind).get(key)
             if pool is None:
                 continue
@@ -279,6 +273,19 @@ class ShardState:
             if upcoming is not None:
                 ctx.deadline(upcoming)
             self._after_pool_change(kind, key, pool, ctx)
+
+    def _drop_full_rate_keys(self, until_ms: int) -> None:
+        """Drop keys full again by a complete wheel bucket; the rule, not the wheel's
+        (possibly stale) entries, decides, so live and replayed state agree."""
+        for key in self._rate_wheel.pop_complete(until_ms):
+            state = self.rates.get(key)
+            if state is None:
+                continue
+            reset_at = ratelimit.reset_at_ms(state)
+            if bucket_complete(reset_at, until_ms):
+                del self.rates[key]
+            else:
+                self._rate_wheel.add(reset_at, key)
 
     def _recover(self, ctx: Context, outage_began_ms: int) -> None:
         outage_ms = ctx.now_ms - outage_began_ms
@@ -309,12 +316,14 @@ class ShardState:
         namespace, name = notice.key.split("/", 1)
         key = _memory_key(notice.kind, namespace, name, notice.request_id)
         remembered = self.remembered.get(key)
-        if remembered is None or not isinstance(remembered.result, Queued):
+        if remembered is None:
             return
+        first = remembered.result
         if isinstance(notice.result, Granted):
-            remembered.result = notice.result
-        else:
-            del self.remembered[key]
+            if isinstance(first, Queued):
+                remembered.result = notice.result
+        elif isinstance(first, Queued) or (isinstance(first, Granted) and first.lease_id == notice.lease_id):
+            del self.remembered[key]  # a repeat must start afresh, not find a grant that is gone
 
     def forget_waiter(self, kind: str, key: str, request_id: str) -> None:
         namespace, name = key.split("/", 1)
@@ -322,7 +331,11 @@ class ShardState:
 
     # --- deadlines ------------------------------------------------------------------------------
     def next_deadline_ms(self) -> int | None:
-        return self._deadlines[0][0] if self._deadlines else None
+        times = [self._deadlines[0][0]] if self._deadlines else []
+        wheel_due = self._rate_wheel.next_due_ms()
+        if wheel_due is not None:
+            times.append(wheel_due)
+        return min(times) if times else None
 
     def _rebuild_deadlines(self) -> None:
         entries: list[tuple[int, str, str]] = []
@@ -331,9 +344,11 @@ class ShardState:
                 at = leases.next_deadline_ms(pool)
                 if at is not None:
                     entries.append((at, kind, key))
-        entries.extend((ratelimit.reset_at_ms(state), "ratelimit", key) for key, state in self.rates.items())
         heapq.heapify(entries)
         self._deadlines = entries
+        self._rate_wheel = ExpiryWheel()
+        for key, state in self.rates.items():
+            self._rate_wheel.add(ratelimit.reset_at_ms(state), key)
 
     # --- snapshots --------------------------------------------------------------------------------
     def snapshot(self) -> bytes:

@@ -293,7 +293,10 @@ class Engine:
         assert isinstance(cmd, ObjectCommand)
         kind = cast(LeaseKind, getattr(cmd, "kind", "lock"))
         if slot.status is SlotStatus.READY and not self._stopping:
-            cancel = CancelWait(kind=kind, namespace=cmd.namespace, name=cmd.name, lease_id=lease_id)
+            request_id = getattr(cmd, "request_id", None)
+            cancel = CancelWait(
+                kind=kind, namespace=cmd.namespace, name=cmd.name, lease_id=lease_id, request_id=request_id
+            )
             self._sequence(slot, cancel)
 
     def _forget_waiter(self, lease_id: str, future: asyncio.Future[Result]) -> None:
