@@ -43,6 +43,7 @@ from ..core.shard_state import Applied, ShardState
 from ..errors import LockgateError, OutcomeUnknown, Unavailable
 from ..storage.log import LOG_FORMAT_VERSION, FenceRefused, LogRecord, RedisLog, ShardAppend, record_encoder
 from .routing import shard_of
+from .snapshots import SnapshotJob, SnapshotMode, Snapshotter
 
 log = logging.getLogger("lockgate.engine")
 
@@ -87,7 +88,6 @@ class Slot:
         "last_snapshot_ms",
         "sealed_lsn",
         "shard",
-        "snapshot_requested",
         "state",
         "status",
     )
@@ -103,7 +103,6 @@ class Slot:
         self.covering: GateFuture | None = None  # the commit that holds our latest entry
         self.entries_since_snapshot = 0
         self.last_snapshot_ms = 0
-        self.snapshot_requested = False
 
 
 class PendingCommit:
@@ -124,7 +123,6 @@ class EngineStats:
     ops_committed: int = 0
     largest_commit: int = 0
     failed_commits: int = 0
-    snapshots: int = 0
     reloads: int = 0
     expirations: int = 0
     commit_observers: list[Callable[[int, int, float], None]] = field(default_factory=list)
@@ -139,6 +137,7 @@ class EngineConfig:
     sweep_interval_ms: int = limits.EXPIRY_SWEEP_INTERVAL_MS
     snapshot_every_entries: int = limits.SNAPSHOT_EVERY_ENTRIES
     snapshot_every_ms: int = limits.SNAPSHOT_EVERY_MS
+    snapshot_mode: SnapshotMode = "fork"
 
 
 class Engine:
@@ -157,6 +156,7 @@ class Engine:
         self._stopping = False
         self._reloading: set[int] = set()
         self.stats = EngineStats()
+        self.snapshots = Snapshotter(store, self.config.snapshot_mode)
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -341,21 +341,26 @@ class Engine:
         for slot in pending.slots.values():
             first_lsn = slot.sealed_lsn + 1
             last_lsn = slot.state.lsn
-            record = b""
-            if slot.entries:
-                record = record_encoder.encode(LogRecord(LOG_FORMAT_VERSION, first_lsn, last_lsn, slot.entries))
-                slot.entries_since_snapshot += len(slot.entries)
-                slot.entries = []
-            snapshot = b""
-            if slot.snapshot_requested or slot.entries_since_snapshot >= self.config.snapshot_every_entries:
-                snapshot = slot.state.snapshot()
+            record = record_encoder.encode(LogRecord(LOG_FORMAT_VERSION, first_lsn, last_lsn, slot.entries))
+            slot.entries_since_snapshot += len(slot.entries)
+            slot.entries = []
+            appends.append(ShardAppend(slot.shard, slot.epoch, slot.sealed_lsn, last_lsn, record))
+            slot.sealed_lsn = last_lsn
+        # Right after sealing, each sealed shard's state is exactly at a record boundary.
+        due = [
+            slot for slot in pending.slots.values() if slot.entries_since_snapshot >= self.config.snapshot_every_entries
+        ]
+        self._snapshot(due, now)
+        return appends
+
+    def _snapshot(self, slots: list[Slot], now: int) -> None:
+        """Snapshot shards whose state is at a commit boundary (nothing applied but unsealed)."""
+        assert all(slot.state.lsn == slot.sealed_lsn for slot in slots)
+        jobs = [SnapshotJob(slot.shard, slot.epoch, slot.state.lsn, slot.state) for slot in slots]
+        if self.snapshots.take(jobs):
+            for slot in slots:
                 slot.entries_since_snapshot = 0
                 slot.last_snapshot_ms = now
-                slot.snapshot_requested = False
-                self.stats.snapshots += 1
-            appends.append(ShardAppend(slot.shard, slot.epoch, slot.sealed_lsn, last_lsn, record, snapshot))
-            slot.sealed_lsn = last_lsn
-        return appends
 
     def _record_commit(self, pending: PendingCommit, appends: list[ShardAppend], seconds: float) -> None:
         stats = self.stats
@@ -474,12 +479,10 @@ class Engine:
                 elif (
                     slot.entries_since_snapshot
                     and now - slot.last_snapshot_ms >= self.config.snapshot_every_ms
-                    and not slot.snapshot_requested
+                    and not slot.entries
+                    and slot.state.lsn == slot.sealed_lsn
                 ):
-                    slot.snapshot_requested = True
-                    if not self._pending.op_count:
-                        self._wakeup.set()
-                    self._pending.slots[slot.shard] = slot
+                    self._snapshot([slot], now)
 
     async def _heartbeat_loop(self) -> None:
         """Lets a later owner know when we were last alive, so an outage never shortens leases."""

@@ -10,11 +10,14 @@ Per shard, every key shares the hash tag `{lg:N}` so a shard lives in one Cluste
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
-import redis.asyncio as redis
+import redis
+import redis.asyncio as aioredis
 
 from ..core.ops import AnyCommand
 
@@ -22,31 +25,40 @@ LOG_FORMAT_VERSION: Final = 1
 RECOVERY_PAGE_RECORDS: Final = 1000
 
 # COMMIT: one tick's records for many shards, all or nothing, fenced.
-# KEYS: per shard, 4 each: epoch, lsn, log, snap
-# ARGV: per shard, 5 each: epoch, prev_lsn, last_lsn, record ('' for none), snapshot ('' for none)
+# KEYS: per shard, 3 each: epoch, lsn, log
+# ARGV: per shard, 4 each: epoch, prev_lsn, last_lsn, record
 # Returns: {} when written; otherwise {'epoch'|'lsn', position, found} for the first shard
 #          whose owner epoch or last LSN is not what the caller expects, and nothing is written.
 COMMIT_SCRIPT: Final = """
-local n = #KEYS / 4
+local n = #KEYS / 3
 for i = 0, n - 1 do
-  local epoch = redis.call('GET', KEYS[4*i+1])
-  if epoch ~= ARGV[5*i+1] then return {'epoch', i + 1, epoch or ''} end
-  local lsn = redis.call('GET', KEYS[4*i+2]) or '0'
-  if lsn ~= ARGV[5*i+2] then return {'lsn', i + 1, lsn} end
+  local epoch = redis.call('GET', KEYS[3*i+1])
+  if epoch ~= ARGV[4*i+1] then return {'epoch', i + 1, epoch or ''} end
+  local lsn = redis.call('GET', KEYS[3*i+2]) or '0'
+  if lsn ~= ARGV[4*i+2] then return {'lsn', i + 1, lsn} end
 end
 for i = 0, n - 1 do
-  local last = ARGV[5*i+3]
-  if ARGV[5*i+4] ~= '' then
-    redis.call('XADD', KEYS[4*i+3], (tonumber(ARGV[5*i+2]) + 1) .. '-0', 'r', ARGV[5*i+4])
-    redis.call('SET', KEYS[4*i+2], last)
-  end
-  if ARGV[5*i+5] ~= '' then
-    redis.call('HSET', KEYS[4*i+4], 'lsn', last, 'data', ARGV[5*i+5])
-    redis.call('XTRIM', KEYS[4*i+3], 'MINID', (tonumber(last) + 1) .. '-0')
-  end
+  redis.call('XADD', KEYS[3*i+3], (tonumber(ARGV[4*i+2]) + 1) .. '-0', 'r', ARGV[4*i+4])
+  redis.call('SET', KEYS[3*i+2], ARGV[4*i+3])
 end
 return {}
 """
+
+# SNAPSHOT: store a shard's state as of `lsn` and trim the log it covers, fenced.
+# KEYS: epoch, lsn, log, snap
+# ARGV: epoch, lsn, snapshot
+# Returns: 'ok'; 'epoch' (another owner); 'wait' (the log has not reached lsn yet);
+#          'stale' (a snapshot at or past lsn is already stored). Only 'ok' writes.
+SNAPSHOT_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'epoch' end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then return 'wait' end
+if tonumber(redis.call('HGET', KEYS[4], 'lsn') or '0') >= tonumber(ARGV[2]) then return 'stale' end
+redis.call('HSET', KEYS[4], 'lsn', ARGV[2], 'data', ARGV[3])
+redis.call('XTRIM', KEYS[3], 'MINID', (tonumber(ARGV[2]) + 1) .. '-0')
+return 'ok'
+"""
+SNAPSHOT_WAIT_S: Final = 10.0
+"""How long a snapshot writer waits for the log to reach the snapshot's LSN."""
 
 
 class LogRecord(msgspec.Struct, array_like=True):
@@ -77,8 +89,7 @@ class ShardAppend:
     epoch: int
     prev_lsn: int
     last_lsn: int
-    record: bytes  # b"" when only a snapshot is written
-    snapshot: bytes = b""
+    record: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +111,10 @@ class RedisLog:
     """Talks to Redis over one connection for commits, so commits arrive in order."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         # Typed loosely: redis-py's annotations cannot tell pipelines from awaitables.
-        self._commits: Any = redis.Redis.from_url(url, single_connection_client=True)
-        self._other: Any = redis.Redis.from_url(url)
+        self._commits: Any = aioredis.Redis.from_url(url, single_connection_client=True)
+        self._other: Any = aioredis.Redis.from_url(url)
         self._commit_sha: str | None = None
 
     async def connect(self) -> None:
@@ -123,13 +135,13 @@ class RedisLog:
         keys: list[str] = []
         args: list[bytes | int | str] = []
         for append in appends:
-            epoch_key, lsn_key, log_key, snap_key, _ = shard_keys(append.shard)
-            keys += [epoch_key, lsn_key, log_key, snap_key]
-            args += [str(append.epoch), str(append.prev_lsn), str(append.last_lsn), append.record, append.snapshot]
+            epoch_key, lsn_key, log_key, _, _ = shard_keys(append.shard)
+            keys += [epoch_key, lsn_key, log_key]
+            args += [str(append.epoch), str(append.prev_lsn), str(append.last_lsn), append.record]
         assert self._commit_sha is not None, "connect() first"
         try:
             reply = await self._commits.evalsha(self._commit_sha, len(keys), *keys, *args)
-        except redis.ResponseError as error:
+        except aioredis.ResponseError as error:
             if "NOSCRIPT" not in str(error):
                 raise
             # The store restarted and forgot the script: load it again, once.
@@ -138,6 +150,19 @@ class RedisLog:
         if reply:
             reason, position, found = reply
             raise FenceRefused(reason.decode(), appends[int(position) - 1].shard, found.decode())
+
+    async def write_snapshot(self, shard: int, epoch: int, lsn: int, snapshot: bytes) -> str:
+        """Store a snapshot once the log has reached its LSN; the script's answer."""
+        epoch_key, lsn_key, log_key, snap_key, _ = shard_keys(shard)
+        deadline = time.monotonic() + SNAPSHOT_WAIT_S
+        while True:
+            answer = await self._other.eval(
+                SNAPSHOT_SCRIPT, 4, epoch_key, lsn_key, log_key, snap_key, epoch, lsn, snapshot
+            )
+            answer = answer.decode() if isinstance(answer, bytes) else str(answer)
+            if answer != "wait" or time.monotonic() > deadline:
+                return answer
+            await asyncio.sleep(0.01)
 
     async def take(self, shards: list[int]) -> dict[int, int]:
         """Become the owner of `shards`: every other owner's next append is refused."""
@@ -176,3 +201,18 @@ class RedisLog:
             records=records,
             last_alive_ms=int(alive_raw or 0),
         )
+
+
+def write_snapshot_blocking(url: str, shard: int, epoch: int, lsn: int, snapshot: bytes) -> str:
+    """The same as RedisLog.write_snapshot, for a forked snapshot process (no event loop)."""
+    epoch_key, lsn_key, log_key, snap_key, _ = shard_keys(shard)
+    client: Any = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + SNAPSHOT_WAIT_S
+        # Wait cheaply for the commit carrying `lsn` before sending a large blob.
+        while int(client.get(lsn_key) or 0) < lsn and time.monotonic() < deadline:
+            time.sleep(0.005)
+        answer = client.eval(SNAPSHOT_SCRIPT, 4, epoch_key, lsn_key, log_key, snap_key, epoch, lsn, snapshot)
+        return answer.decode() if isinstance(answer, bytes) else str(answer)
+    finally:
+        client.close()

@@ -1,0 +1,124 @@
+"""Background snapshots that do not stop the shard.
+
+Encoding a shard of a million objects takes far longer than a request may wait, so by
+default the node forks, as Redis does for BGSAVE: the child holds a copy-on-write view of
+the state at one LSN, encodes it and writes it with the fenced SNAPSHOT script, while the
+parent goes on serving. The parent's only pause is the fork itself. Where fork is not
+available (or for tests) the state is encoded in-process.
+
+A snapshot is taken only at a commit boundary (state LSN == sealed LSN), so the log
+records it trims are exactly the ones it covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..core.shard_state import ShardState
+from ..storage.log import RedisLog, write_snapshot_blocking
+
+log = logging.getLogger("lockgate.snapshots")
+
+SnapshotMode = Literal["fork", "inline"]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotJob:
+    shard: int
+    epoch: int
+    lsn: int
+    state: ShardState
+
+
+@dataclass
+class SnapshotStats:
+    taken: int = 0
+    failed: int = 0
+    longest_pause_ms: float = 0.0  # what a snapshot cost the serving loop, at most
+    last_bytes: int = 0
+
+
+class Snapshotter:
+    def __init__(self, store: RedisLog, mode: SnapshotMode) -> None:
+        self._store = store
+        self._mode: SnapshotMode = mode if hasattr(os, "fork") else "inline"
+        self._running: asyncio.Task[None] | None = None
+        self.stats = SnapshotStats()
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None and not self._running.done()
+
+    def take(self, jobs: Iterable[SnapshotJob]) -> bool:
+        """Start snapshots of the given states; False if one is still running (try later)."""
+        jobs = list(jobs)
+        if not jobs or self.busy:
+            return False
+        started = time.perf_counter()
+        if self._mode == "fork":
+            pid = _fork_writer(self._store.url, jobs)
+            self._note_pause(started)
+            self._running = asyncio.ensure_future(self._reap(pid, len(jobs)))
+        else:
+            blobs = [(job, job.state.snapshot()) for job in jobs]
+            self._note_pause(started)
+            self.stats.last_bytes = sum(len(blob) for _, blob in blobs)
+            self._running = asyncio.ensure_future(self._write_inline(blobs))
+        return True
+
+    def _note_pause(self, started: float) -> None:
+        self.stats.longest_pause_ms = max(self.stats.longest_pause_ms, (time.perf_counter() - started) * 1000)
+
+    async def _reap(self, pid: int, shards: int) -> None:
+        _, status = await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
+        if os.waitstatus_to_exitcode(status) == 0:
+            self.stats.taken += shards
+        else:
+            self.stats.failed += 1
+            log.warning("snapshot writer %d failed with status %d", pid, status)
+
+    async def _write_inline(self, blobs: list[tuple[SnapshotJob, bytes]]) -> None:
+        for job, blob in blobs:
+            try:
+                answer = await self._store.write_snapshot(job.shard, job.epoch, job.lsn, blob)
+            except Exception as error:  # a failed snapshot only means a longer replay next time
+                answer = repr(error)
+            if answer == "ok":
+                self.stats.taken += 1
+            elif answer != "stale":
+                self.stats.failed += 1
+                log.warning("snapshot of shard %d at LSN %d not stored: %s", job.shard, job.lsn, answer)
+
+    async def wait(self) -> None:
+        if self._running is not None:
+            await asyncio.shield(self._running)
+
+
+def _fork_writer(url: str, jobs: list[SnapshotJob]) -> int:
+    gc.freeze()  # keep the collector from touching (and so copying) every page in the child
+    pid = os.fork()
+    if pid != 0:
+        gc.unfreeze()
+        return pid
+    # The child: never returns, never runs the parent's loop, handlers or atexit hooks.
+    code = 1
+    try:
+        gc.disable()
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        failures = 0
+        for job in jobs:
+            answer = write_snapshot_blocking(url, job.shard, job.epoch, job.lsn, job.state.snapshot())
+            failures += answer not in ("ok", "stale")
+        code = 0 if failures == 0 else 2
+    finally:
+        os._exit(code)
