@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-import secrets
+import os
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import cast
@@ -42,6 +42,7 @@ from ..core.ops import (
 from ..core.shard_state import Applied, ShardState
 from ..errors import LockgateError, OutcomeUnknown, Unavailable
 from ..storage.log import LOG_FORMAT_VERSION, FenceRefused, LogRecord, RedisLog, ShardAppend, record_encoder
+from ..storage.resp import RespError
 from .routing import shard_of
 from .snapshots import SnapshotJob, SnapshotMode, Snapshotter
 
@@ -52,8 +53,28 @@ RELOAD_BACKOFF_MAX_S = 2.0
 WAIT_GRACE_S = 5.0
 
 
-def new_lease_id() -> str:
-    return secrets.token_hex(12)
+class _LeaseIds:
+    """Unguessable lease ids (a lease id is the right to release), cheaply.
+
+    One urandom read per 340 ids instead of a syscall per acquire, which profiling put
+    at 3% of a node's CPU.
+    """
+
+    ID_BYTES = 12
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._offset = 0
+
+    def __call__(self) -> str:
+        if self._offset + self.ID_BYTES > len(self._pool):
+            self._pool = os.urandom(4080)
+            self._offset = 0
+        start, self._offset = self._offset, self._offset + self.ID_BYTES
+        return self._pool[start : self._offset].hex()
+
+
+new_lease_id = _LeaseIds()
 
 
 class SlotStatus(enum.Enum):
@@ -327,7 +348,7 @@ class Engine:
                     pending, Unavailable(str(refused)), lost_shard=refused.shard if refused.reason == "epoch" else None
                 )
                 continue
-            except (RedisError, OSError, TimeoutError) as error:
+            except (RedisError, RespError, OSError, TimeoutError) as error:
                 log.warning("commit outcome unknown: %r", error)
                 self._abandon(pending, OutcomeUnknown(f"the store did not confirm the write: {error!r}"))
                 continue

@@ -20,6 +20,7 @@ import redis
 import redis.asyncio as aioredis
 
 from ..core.ops import AnyCommand
+from .resp import RespConnection, RespError, pack
 
 LOG_FORMAT_VERSION: Final = 1
 RECOVERY_PAGE_RECORDS: Final = 1000
@@ -112,8 +113,8 @@ class RedisLog:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._commits = RespConnection(url)  # one connection: commits reach Redis in order
         # Typed loosely: redis-py's annotations cannot tell pipelines from awaitables.
-        self._commits: Any = aioredis.Redis.from_url(url, single_connection_client=True)
         self._other: Any = aioredis.Redis.from_url(url)
         self._commit_sha: str | None = None
 
@@ -121,7 +122,7 @@ class RedisLog:
         self._commit_sha = await self._other.script_load(COMMIT_SCRIPT)
 
     async def close(self) -> None:
-        await self._commits.aclose()
+        self._commits.close()
         await self._other.aclose()
 
     async def store_settings(self) -> dict[str, str]:
@@ -133,20 +134,19 @@ class RedisLog:
 
     async def commit(self, appends: list[ShardAppend]) -> None:
         keys: list[str] = []
-        args: list[bytes | int | str] = []
+        args: list[bytes | int] = []
         for append in appends:
             epoch_key, lsn_key, log_key, _, _ = shard_keys(append.shard)
             keys += [epoch_key, lsn_key, log_key]
-            args += [str(append.epoch), str(append.prev_lsn), str(append.last_lsn), append.record]
+            args += [append.epoch, append.prev_lsn, append.last_lsn, append.record]
         assert self._commit_sha is not None, "connect() first"
         try:
-            reply = await self._commits.evalsha(self._commit_sha, len(keys), *keys, *args)
-        except aioredis.ResponseError as error:
+            reply = await self._commits.call(pack(b"EVALSHA", self._commit_sha, len(keys), *keys, *args))
+        except RespError as error:
             if "NOSCRIPT" not in str(error):
                 raise
-            # The store restarted and forgot the script: load it again, once.
-            self._commit_sha = await self._commits.script_load(COMMIT_SCRIPT)
-            reply = await self._commits.evalsha(self._commit_sha, len(keys), *keys, *args)
+            # The store restarted and forgot the script: send it whole, once.
+            reply = await self._commits.call(pack(b"EVAL", COMMIT_SCRIPT, len(keys), *keys, *args))
         if reply:
             reason, position, found = reply
             raise FenceRefused(reason.decode(), appends[int(position) - 1].shard, found.decode())
