@@ -53,6 +53,10 @@ class Conflict(RequestError):
     """The object's state refuses the request: taken, out of range, limit mismatch."""
 
 
+class QuotaExceeded(Conflict):
+    """The namespace holds as many objects as it may; existing objects still work."""
+
+
 class LockHeld(Conflict):
     """Not granted within wait_ms."""
 

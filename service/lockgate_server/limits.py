@@ -26,6 +26,9 @@ PERMITS_MAX: Final = 1_000_000
 WAITERS_PER_OBJECT_MAX: Final = 10_000
 """Queued acquires per lock or semaphore; the next one is refused with 409/503."""
 
+OBJECTS_PER_NAMESPACE_MAX: Final = 10_000_000
+"""Objects (of all kinds) one namespace may hold on a node; new ones past it get 409."""
+
 # --- counters --------------------------------------------------------------
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1

@@ -43,8 +43,6 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Refuse to start when the store's appendfsync is not 'always' (otherwise: a loud warning)."""
     api_keys: list[ApiKey] = []
     """API keys (in the TOML file as [[api_keys]] tables; env: JSON list)."""
-    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    """HTTP worker processes. Each owns a disjoint set of shards of the same store."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # --- request bounds ------------------------------------------------------------------
@@ -54,8 +52,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Operations in one /v1/batch request."""
     max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=limits.WAIT_MAX_MS)] = 60_000
     """Longest a blocking acquire is held open."""
-    max_objects_per_namespace: Annotated[int, msgspec.Meta(ge=1)] = 10_000_000
-    """Objects one namespace may hold across all kinds on this node."""
+    max_objects_per_namespace: Annotated[int, msgspec.Meta(ge=1)] = limits.OBJECTS_PER_NAMESPACE_MAX
+    """Objects one namespace may hold across all kinds on this node; new ones past it get 409."""
 
     # --- engine ------------------------------------------------------------------------------
     commit_timeout_ms: Annotated[int, msgspec.Meta(ge=100)] = limits.COMMIT_TIMEOUT_MS

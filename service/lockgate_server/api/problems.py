@@ -17,6 +17,7 @@ PROBLEM_BASE: Final = "https://lockgate.dev/problems/"
 PROBLEM_TABLE: Final[list[tuple[type[errors.LockgateError], int, str, str]]] = [
     (errors.LockHeld, 409, "held", "Not granted"),
     (errors.NotOwner, 409, "not-owner", "Lease not held"),
+    (errors.QuotaExceeded, 409, "quota-exceeded", "Namespace object limit reached"),
     (errors.Conflict, 409, "conflict", "Conflict with the object's state"),
     (errors.InvalidRequest, 422, "invalid-request", "Invalid request"),
     (errors.NotFound, 404, "not-found", "Not found"),

@@ -8,7 +8,7 @@ always gives the same state, which is what recovery by replay relies on.
 from __future__ import annotations
 
 import heapq
-from typing import Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 import msgspec
 
@@ -76,6 +76,7 @@ class Snapshot(msgspec.Struct, array_like=True):
     remembered: dict[str, Remembered]
 
 
+_ABSENT: Final = object()
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
@@ -111,6 +112,7 @@ class ShardState:
         # Derived, never persisted; entries may be stale (early), never late.
         self._deadlines: list[tuple[int, str, str]] = []  # lease pools: (at_ms, kind, key)
         self._rate_wheel = ExpiryWheel()  # rate-limit keys, by when they are full again
+        self.objects_per_namespace: dict[str, int] = {}
 
     # --- the one entry point ---------------------------------------------------------
     def apply(self, cmd: Command, now_ms: int) -> Applied:
@@ -177,20 +179,20 @@ class ShardState:
                 key = object_key(cmd.namespace, cmd.name)
                 value, result = counter.apply(self.counters.get(key, 0), cmd)
                 if value:
-                    self.counters[key] = value
+                    self._put(self.counters, key, value)
                 else:
-                    self.counters.pop(key, None)  # 0 reads the same as absent
+                    self._remove(self.counters, key)  # 0 reads the same as absent
                 return result
             case RateCheck():
                 return self._apply_rate(cmd, ctx.now_ms)
             case RateReset(namespace=namespace, name=name):
-                self.rates.pop(object_key(namespace, name), None)
+                self._remove(self.rates, object_key(namespace, name))
                 return Done()
             case RateCheckAll():
                 return self._check_all(cmd, ctx.now_ms, charge=True)
             case RateResetAll(namespace=namespace, keys=keys):
                 for key in keys:
-                    self.rates.pop(object_key(namespace, key), None)
+                    self._remove(self.rates, object_key(namespace, key))
                 return Done()
             case Expire(until_ms=until_ms):
                 self._expire(until_ms, ctx)
@@ -213,7 +215,7 @@ class ShardState:
             if not isinstance(cmd, Acquire):
                 return Done() if isinstance(cmd, CancelWait) else Released()
             pool = _KINDS_WITH_LEASES[cmd.kind].new_state(cmd)
-            pools[key] = pool
+            self._put(pools, key, pool)
         ctx.kind, ctx.key = cmd.kind, key
         result: Result = _KINDS_WITH_LEASES[cmd.kind].apply(pool, cmd, ctx)
         self._after_pool_change(cmd.kind, key, pool, ctx)
@@ -221,7 +223,7 @@ class ShardState:
 
     def _after_pool_change(self, kind: str, key: str, pool: LeasePool, ctx: Context) -> None:
         if leases.is_idle(pool):
-            del self._pools(kind)[key]
+            self._remove(self._pools(kind), key)
         elif ctx.earliest_deadline_ms is not None:
             heapq.heappush(self._deadlines, (ctx.earliest_deadline_ms, kind, key))
         ctx.earliest_deadline_ms = None
@@ -236,7 +238,7 @@ class ShardState:
     def _store_rate(self, key: str, old: RateState | None, new: RateState | None) -> None:
         if new is old or new is None:
             return
-        self.rates[key] = new
+        self._put(self.rates, key, new)
         reset_at = ratelimit.reset_at_ms(new)
         # One entry per key is enough while its time only moves later.
         if old is None or reset_at < ratelimit.reset_at_ms(old):
@@ -283,7 +285,7 @@ class ShardState:
                 continue
             reset_at = ratelimit.reset_at_ms(state)
             if bucket_complete(reset_at, until_ms):
-                del self.rates[key]
+                self._remove(self.rates, key)
             else:
                 self._rate_wheel.add(reset_at, key)
 
@@ -297,8 +299,48 @@ class ShardState:
                     if waiter.request_id is not None:
                         self.forget_waiter(kind, key, waiter.request_id)
                 if leases.is_idle(pool):
-                    del pools[key]
+                    self._remove(pools, key)
         self._rebuild_deadlines()
+
+    # --- object accounting ---------------------------------------------------------------------
+    def _put(self, table: dict[str, Any], key: str, value: Any) -> None:
+        if key not in table:
+            namespace = key.partition("/")[0]
+            self.objects_per_namespace[namespace] = self.objects_per_namespace.get(namespace, 0) + 1
+        table[key] = value
+
+    def _remove(self, table: dict[str, Any], key: str) -> None:
+        if table.pop(key, _ABSENT) is not _ABSENT:
+            namespace = key.partition("/")[0]
+            left = self.objects_per_namespace[namespace] - 1
+            if left:
+                self.objects_per_namespace[namespace] = left
+            else:
+                del self.objects_per_namespace[namespace]
+
+    def creates_object(self, cmd: Command) -> str | None:
+        """The namespace `cmd` would add a new object to, if it would (a read of state)."""
+        match cmd:
+            case Acquire(kind=kind, namespace=namespace, name=name):
+                table: dict[str, Any] = self._pools(kind)
+            case CounterAdd(namespace=namespace, name=name) | CounterSet(namespace=namespace, name=name):
+                table = self.counters
+            case RateCheck(namespace=namespace, name=name) if cmd.cost:
+                table = self.rates
+            case RateCheckAll(namespace=namespace) if not is_read(cmd):
+                missing = any(object_key(namespace, item.key) not in self.rates for item in cmd.items)
+                return namespace if missing else None
+            case _:
+                return None
+        return None if object_key(namespace, name) in table else namespace
+
+    def _count_objects(self) -> None:
+        counts: dict[str, int] = {}
+        for table in (self.locks, self.semaphores, self.counters, self.rates):
+            for key in table:
+                namespace = key.partition("/")[0]
+                counts[namespace] = counts.get(namespace, 0) + 1
+        self.objects_per_namespace = counts
 
     # --- idempotency memory -------------------------------------------------------------------
     def _forget_old_answers(self, now_ms: int) -> None:
@@ -382,4 +424,5 @@ class ShardState:
         state.rates = snap.rates
         state.remembered = snap.remembered
         state._rebuild_deadlines()
+        state._count_objects()
         return state

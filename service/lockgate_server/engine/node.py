@@ -40,7 +40,7 @@ from ..core.ops import (
     Result,
 )
 from ..core.shard_state import Applied, ShardState
-from ..errors import LockgateError, OutcomeUnknown, Unavailable
+from ..errors import LockgateError, OutcomeUnknown, QuotaExceeded, Unavailable
 from ..storage.log import LOG_FORMAT_VERSION, FenceRefused, LogRecord, RedisLog, ShardAppend, record_encoder
 from ..storage.resp import RespError
 from .routing import shard_of
@@ -159,6 +159,7 @@ class EngineConfig:
     snapshot_every_entries: int = limits.SNAPSHOT_EVERY_ENTRIES
     snapshot_every_ms: int = limits.SNAPSHOT_EVERY_MS
     snapshot_mode: SnapshotMode = "fork"
+    max_objects_per_namespace: int = limits.OBJECTS_PER_NAMESPACE_MAX
 
 
 class Engine:
@@ -238,6 +239,12 @@ class Engine:
             raise Unavailable("the node is shutting down")
         if self._pending.op_count >= self.config.commit_ops_max:
             raise Unavailable("too many operations are waiting for the store", retry_after_ms=50)
+        namespace = slot.state.creates_object(cmd)
+        if namespace is not None and self.objects_in(namespace) >= self.config.max_objects_per_namespace:
+            raise QuotaExceeded(
+                f"namespace {namespace} holds {self.config.max_objects_per_namespace} objects, its limit; "
+                "existing objects keep working, new ones are refused"
+            )
         applied = self._sequence(slot, cmd)
         gate = slot.covering
         generation = slot.generation
@@ -273,6 +280,10 @@ class Engine:
         for gate in gates:
             await gate
         return sorted(held)
+
+    def objects_in(self, namespace: str) -> int:
+        """Objects the namespace holds on this node (speculative state included)."""
+        return sum(slot.state.objects_per_namespace.get(namespace, 0) for slot in self._slots.values())
 
     def _now(self) -> int:
         now = self._clock.now_ms()
