@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench-engine bench-state clean
+.PHONY: run test lint typecheck unit bench-engine bench-sdk bench-state clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ unit: $(STAMP)
 ## bench-engine: the engine against redis-py's Lock and limits, same Valkey, same run
 bench-engine: $(STAMP)
 	$(BIN)/python -m loadtests.bench_engine
+
+## bench-sdk: AsyncClient through the HTTP server vs redis-py's Lock and limits, same Valkey
+bench-sdk: $(STAMP)
+	$(BIN)/python -m loadtests.bench_sdk
 
 ## bench-state: bytes per object, snapshot pause, recovery of 1.2 million objects
 bench-state: $(STAMP)
