@@ -51,6 +51,8 @@ COMMIT_OPS_MAX: Final = 8192
 """Ops that may join one pending commit; past it callers get a retryable 503."""
 COMMIT_TIMEOUT_MS: Final = 5_000
 """A commit not acknowledged by Redis within this is treated as outcome unknown."""
+COMMITS_IN_FLIGHT: Final = 4
+"""Commits pipelined to the store at once (in order, on one connection)."""
 EXPIRY_SWEEP_INTERVAL_MS: Final = 10
 """How often the node looks for due lease expiries and waiter deadlines."""
 
@@ -62,3 +64,34 @@ SNAPSHOT_EVERY_MS: Final = 60_000
 
 # --- ownership --------------------------------------------------------------
 SHARDS_DEFAULT: Final = 64
+OWNER_LEASE_MS: Final = 3_000
+"""A node's lease on its shards; renewed every third of it. A node taking over a shard
+from a live or crashed owner waits out the rest of that owner's lease before serving."""
+OWNER_LEASE_SAFETY: Final = 0.2
+"""A node stops serving a shard this fraction of the lease before it could have expired,
+so clock-rate differences between nodes never let two of them answer at once."""
+
+# --- gateways ------------------------------------------------------------------
+GATEWAY_NAMESPACE: Final = "gateway"
+"""The internal namespace of every gateway limit's state, and the one API keys need rights on."""
+GATEWAY_DESCRIPTORS_PER_REQUEST_MAX: Final = 64
+"""Descriptors in one check (gRPC, /json or the HTTP check); more is a 4xx / INVALID_ARGUMENT."""
+GATEWAY_ENTRIES_PER_DESCRIPTOR_MAX: Final = 16
+"""Entries (key/value pairs) in one descriptor; also the deepest nesting a policy may have."""
+GATEWAY_ENTRY_KEY_MAX_LENGTH: Final = 256
+GATEWAY_ENTRY_VALUE_MAX_LENGTH: Final = 2048
+"""Descriptor values are part of state keys (paths and header values can be long)."""
+GATEWAY_POLICY_NODES_MAX: Final = 100_000
+"""Descriptors (at every depth) one domain's policy may declare."""
+GATEWAY_POLICY_BYTES_MAX: Final = 4 * 1024 * 1024
+"""Largest policy file or admin PUT body."""
+GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS: Final = 200
+"""How long a gateway check waits for the store before the domain's failure_mode decides."""
+GATEWAY_FAILURE_TIMEOUT_MAX_MS: Final = 10_000
+GATEWAY_POLICY_REFRESH_MS: Final = 1_000
+"""How often a node looks for runtime policy changes made through another node."""
+GRPC_PORT_DEFAULT: Final = 8081
+GRPC_MESSAGE_BYTES_MAX: Final = 1_048_576
+"""Largest gRPC request a node accepts."""
+GRPC_STOP_GRACE_S: Final = 2.0
+"""In-flight RPCs get this long to finish when the node stops."""

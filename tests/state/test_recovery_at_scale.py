@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from conftest import Engines
 from lockgate_server.core.ops import (
     Acquire,
     CounterAdd,
@@ -36,7 +36,7 @@ async def run_all(engine: Engine, commands: list[object], concurrency: int = 256
     return results
 
 
-async def test_a_node_with_100_000_objects_recovers_all_of_them(engines: Engines) -> None:
+async def test_a_node_with_100_000_objects_recovers_all_of_them(engines: Any) -> None:
     config = engines.config(shard_count=16, snapshot_every_entries=2_000)
     engine = await engines.start(config)
     commands: list[object] = [

@@ -1,26 +1,33 @@
-"""A node: the shards it owns, applied inline on one event loop, committed once per tick.
+"""A node: the shards it owns, applied inline on one event loop, committed per tick.
 
 The path of one op:
 1. `execute` finds the shard and applies the command to its state right away (the event
    loop is the input gate: nothing interleaves inside `apply`);
-2. a logged op joins the pending commit; the committer task seals it on the next loop turn
-   and sends every touched shard's record in one fenced script call (group commit), while
-   the following ops gather into the next pending commit;
+2. a logged op joins the pending commit; the committer seals it on the next loop turn
+   and sends every touched shard's record in one fenced script call (group commit).
+   Up to `commits_in_flight` commits are pipelined on one connection, so they reach the
+   store in order while the next ones gather;
 3. the caller waits for the commit that covers what it saw (the output gate) — reads too;
 4. if a commit fails or its outcome is unknown, every shard in it drops its speculative
    state and reloads from Redis; callers get a retryable error.
+
+Ownership: a node holds each shard through an expiring lease in the store, renewed every
+third of its length. Taking a shard bumps its epoch (fencing the previous owner's commits)
+and waits out the previous owner's lease; a node serves a shard — reads included — only
+while its own lease is surely valid, so two nodes never answer for one shard at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import enum
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
@@ -41,99 +48,27 @@ from ..core.ops import (
 )
 from ..core.shard_state import Applied, ShardState
 from ..errors import LockgateError, OutcomeUnknown, QuotaExceeded, Unavailable
-from ..storage.log import LOG_FORMAT_VERSION, FenceRefused, LogRecord, RedisLog, ShardAppend, record_encoder
+from ..storage.log import (
+    LOG_FORMAT_VERSION,
+    FenceRefused,
+    LogRecord,
+    RedisLog,
+    ShardAppend,
+    check_commit,
+    record_encoder,
+)
 from ..storage.resp import RespError
 from .routing import shard_of
+from .slots import GateFuture, PendingCommit, Slot, SlotStatus, new_lease_id
 from .snapshots import SnapshotJob, SnapshotMode, Snapshotter
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "GateFuture", "SlotStatus", "new_lease_id"]
 
 log = logging.getLogger("lockgate.engine")
 
-HEARTBEAT_INTERVAL_S = 1.0
 RELOAD_BACKOFF_MAX_S = 2.0
 WAIT_GRACE_S = 5.0
-
-
-class _LeaseIds:
-    """Unguessable lease ids (a lease id is the right to release), cheaply.
-
-    One urandom read per 340 ids instead of a syscall per acquire, which profiling put
-    at 3% of a node's CPU.
-    """
-
-    ID_BYTES = 12
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._offset = 0
-
-    def __call__(self) -> str:
-        if self._offset + self.ID_BYTES > len(self._pool):
-            self._pool = os.urandom(4080)
-            self._offset = 0
-        start, self._offset = self._offset, self._offset + self.ID_BYTES
-        return self._pool[start : self._offset].hex()
-
-
-new_lease_id = _LeaseIds()
-
-
-class SlotStatus(enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    LOST = "lost"  # another node took it; we never serve it again
-
-
-class GateFuture(asyncio.Future[None]):
-    """A commit shared by many callers: one caller leaving must not cancel it for all."""
-
-    def cancel(self, msg: object = None) -> bool:
-        return False
-
-
-def _new_gate() -> GateFuture:
-    gate = GateFuture()
-    # Failures are delivered to every awaiting caller; nobody awaiting is not an error.
-    gate.add_done_callback(lambda done: done.exception())
-    return gate
-
-
-class Slot:
-    """One shard as this node holds it."""
-
-    __slots__ = (
-        "covering",
-        "entries",
-        "entries_since_snapshot",
-        "epoch",
-        "generation",
-        "last_snapshot_ms",
-        "sealed_lsn",
-        "shard",
-        "state",
-        "status",
-    )
-
-    def __init__(self, shard: int) -> None:
-        self.shard = shard
-        self.state = ShardState(shard)
-        self.status = SlotStatus.LOADING
-        self.epoch = 0
-        self.generation = 0  # bumped whenever speculative state is thrown away
-        self.sealed_lsn = 0  # last LSN handed to a commit
-        self.entries: list[tuple[int, AnyCommand]] = []  # applied, not yet sealed
-        self.covering: GateFuture | None = None  # the commit that holds our latest entry
-        self.entries_since_snapshot = 0
-        self.last_snapshot_ms = 0
-
-
-class PendingCommit:
-    __slots__ = ("gate", "notices", "op_count", "slots")
-
-    def __init__(self) -> None:
-        self.gate = _new_gate()
-        self.slots: dict[int, Slot] = {}
-        self.notices: list[tuple[Slot, int, Notice]] = []  # (slot, its generation then, notice)
-        self.op_count = 0
+STORE_ERRORS = (RedisError, RespError, OSError, TimeoutError)
 
 
 @dataclass
@@ -155,16 +90,19 @@ class EngineConfig:
     owned: tuple[int, ...] | None = None  # None: all shards
     commit_ops_max: int = limits.COMMIT_OPS_MAX
     commit_timeout_ms: int = limits.COMMIT_TIMEOUT_MS
+    commits_in_flight: int = limits.COMMITS_IN_FLIGHT
     sweep_interval_ms: int = limits.EXPIRY_SWEEP_INTERVAL_MS
     snapshot_every_entries: int = limits.SNAPSHOT_EVERY_ENTRIES
     snapshot_every_ms: int = limits.SNAPSHOT_EVERY_MS
     snapshot_mode: SnapshotMode = "fork"
     max_objects_per_namespace: int = limits.OBJECTS_PER_NAMESPACE_MAX
+    owner_lease_ms: int = limits.OWNER_LEASE_MS
 
 
 class Engine:
     def __init__(self, store: RedisLog, config: EngineConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config or EngineConfig()
+        self.node_id = os.urandom(8).hex()
         self._store = store
         self._clock = clock or WallClock()
         self._last_now_ms = 0
@@ -172,6 +110,10 @@ class Engine:
         self._slots: dict[int, Slot] = {shard: Slot(shard) for shard in owned}
         self._pending = PendingCommit()
         self._wakeup = asyncio.Event()
+        self._in_flight: collections.deque[tuple[PendingCommit, list[ShardAppend], asyncio.Future[Any], float]] = (
+            collections.deque()
+        )
+        self._replied = asyncio.Event()
         self._waiters: dict[str, tuple[int, list[asyncio.Future[Result]]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -184,35 +126,50 @@ class Engine:
     async def start(self) -> None:
         await self._store.connect()
         self._tasks.append(asyncio.create_task(self._commit_loop(), name="lockgate-committer"))
+        self._tasks.append(asyncio.create_task(self._reply_loop(), name="lockgate-replies"))
         self._reloading.update(self._slots)
         try:
-            await asyncio.gather(*(self._load(slot) for slot in self._slots.values()))
+            await asyncio.gather(*(self._load(slot, expected_epoch=None) for slot in self._slots.values()))
         finally:
             self._reloading.clear()
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="lockgate-sweeper"))
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="lockgate-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._renew_loop(), name="lockgate-ownership"))
 
-    async def stop(self) -> None:
-        """Stop taking ops, let what was applied reach Redis (or fail it), then let go."""
+    def begin_shutdown(self) -> None:
+        """Refuse new ops and answer every queued acquire with a retryable 503 now."""
         self._stopping = True
-        pending = self._pending
-        if pending.op_count:
-            with contextlib.suppress(LockgateError, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(pending.gate), self.config.commit_timeout_ms / 1000)
-        for task in self._tasks:
-            task.cancel()
-        for task in [*self._tasks, *self._background]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         for _shard, futures in self._waiters.values():
             for future in futures:
                 if not future.done():
-                    future.set_exception(Unavailable("the node is shutting down"))
+                    future.set_exception(Unavailable("the node is shutting down; retry elsewhere or later"))
+
+    async def stop(self) -> None:
+        """Stop taking ops, let what was applied reach Redis (or fail it), then let go."""
+        self.begin_shutdown()
+        deadline = time.monotonic() + self.config.commit_timeout_ms / 1000
+        while (self._pending.op_count or self._in_flight) and time.monotonic() < deadline:
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
+            task.cancel()
+        # Whatever never reached the store now fails, so no caller (or reload) waits forever.
+        self._store.reset_commits()
+        stopped = Unavailable("the node stopped before the store confirmed the write")
+        for pending, *_ in self._in_flight:
+            _fail_gate(pending.gate, stopped)
+        self._in_flight.clear()
+        _fail_gate(self._pending.gate, stopped)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(*STORE_ERRORS):
+            await self._store.release(
+                [shard for shard, slot in self._slots.items() if slot.status is SlotStatus.READY], self.node_id
+            )
         await self._store.close()
 
     @property
     def ready(self) -> bool:
-        return all(slot.status is SlotStatus.READY for slot in self._slots.values())
+        return all(slot.serving() for slot in self._slots.values())
 
     async def store_reachable(self) -> bool:
         return await self._store.ping()
@@ -224,16 +181,21 @@ class Engine:
         return shard_of(cmd, self.config.shard_count)
 
     def pending_ops(self) -> int:
-        return self._pending.op_count
+        """Ops applied but not yet durable: gathering for a commit, or in one on its way."""
+        return self._pending.op_count + sum(pending.op_count for pending, *_ in self._in_flight)
 
     def waiting_callers(self) -> int:
         return sum(len(futures) for _shard, futures in self._waiters.values())
+
+    def objects_in(self, namespace: str) -> int:
+        """Objects the namespace holds on this node (speculative state included)."""
+        return sum(slot.state.objects_per_namespace.get(namespace, 0) for slot in self._slots.values())
 
     # --- the hot path ---------------------------------------------------------------------------
     async def execute(self, cmd: Command) -> tuple[Result, int]:
         """Apply `cmd` and answer once everything it observed is durable: (result, lsn)."""
         slot = self._slots.get(self.shard_of(cmd))
-        if slot is None or slot.status is not SlotStatus.READY:
+        if slot is None or not slot.serving():
             raise Unavailable("this node does not serve that shard right now")
         if self._stopping:
             raise Unavailable("the node is shutting down")
@@ -245,45 +207,37 @@ class Engine:
                 f"namespace {namespace} holds {self.config.max_objects_per_namespace} objects, its limit; "
                 "existing objects keep working, new ones are refused"
             )
-        applied = self._sequence(slot, cmd)
-        gate = slot.covering
         generation = slot.generation
-        if gate is not None and not gate.done():
-            await gate
-        elif gate is not None:
-            gate.result()
-        if slot.generation != generation:
-            raise Unavailable("the shard reloaded; the operation did not happen")
+        applied = self._sequence(slot, cmd)
         result = applied.result
-        if isinstance(result, Queued):
-            return await self._wait_for_turn(slot, cmd, result.lease_id)
-        return result, applied.lsn
+        if not isinstance(result, Queued):
+            await self._through_gate(slot, generation)
+            return result, applied.lsn
+        # Registered before any await, so a grant committed right behind us is not missed.
+        turn: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(result.lease_id, (slot.shard, []))[1].append(turn)
+        try:
+            await self._through_gate(slot, generation)
+            answer = await asyncio.wait_for(turn, getattr(cmd, "wait_ms", 0) / 1000 + WAIT_GRACE_S)
+        except BaseException:
+            self._leave_line(slot, cmd, result.lease_id)
+            raise
+        finally:
+            self._forget_waiter(result.lease_id, turn)
+        if isinstance(answer, Granted):
+            return answer, answer.token
+        return answer, slot.state.lsn
 
-    async def held_objects(self, namespace: str) -> list[tuple[LeaseKind, str, int, int]]:
-        """Admin listing: (kind, name, permits used, waiters) of held locks and semaphores."""
-        now = self._now()
-        held: list[tuple[LeaseKind, str, int, int]] = []
-        gates = []
-        prefix = namespace + "/"
-        for slot in self._slots.values():
-            if slot.status is not SlotStatus.READY:
-                raise Unavailable("a shard is not loaded; the listing would be incomplete")
-            for kind, pools in (("lock", slot.state.locks), ("semaphore", slot.state.semaphores)):
-                for key, pool in pools.items():
-                    live = [lease for lease in pool.leases.values() if lease.expires_at_ms > now]
-                    if key.startswith(prefix) and live:
-                        held.append(
-                            (cast(LeaseKind, kind), key[len(prefix) :], sum(x.permits for x in live), len(pool.waiters))
-                        )
-            if slot.covering is not None and not slot.covering.done():
-                gates.append(slot.covering)
-        for gate in gates:
-            await gate
-        return sorted(held)
-
-    def objects_in(self, namespace: str) -> int:
-        """Objects the namespace holds on this node (speculative state included)."""
-        return sum(slot.state.objects_per_namespace.get(namespace, 0) for slot in self._slots.values())
+    async def _through_gate(self, slot: Slot, generation: int) -> None:
+        """The output gate: return once the commit covering what the caller saw is durable."""
+        gate = slot.covering
+        if gate is not None:
+            if not gate.done():
+                await gate
+            else:
+                gate.result()
+        if slot.generation != generation:
+            raise OutcomeUnknown("the shard reloaded from the store; retry with the same request_id")
 
     def _now(self) -> int:
         now = self._clock.now_ms()
@@ -305,29 +259,16 @@ class Engine:
                 pending.notices.extend((slot, slot.generation, notice) for notice in applied.notices)
         return applied
 
-    async def _wait_for_turn(self, slot: Slot, cmd: Command, lease_id: str) -> tuple[Result, int]:
-        """A queued acquire: wait for the grant or the timeout; leaving takes us out of line."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(lease_id, (slot.shard, []))[1].append(future)
-        wait_ms = getattr(cmd, "wait_ms", 0)
-        try:
-            result = await asyncio.wait_for(future, wait_ms / 1000 + WAIT_GRACE_S)
-        except BaseException:
-            self._leave_line(slot, cmd, lease_id)
-            raise
-        finally:
-            self._forget_waiter(lease_id, future)
-        if isinstance(result, Granted):
-            return result, result.token
-        return result, slot.state.lsn
-
     def _leave_line(self, slot: Slot, cmd: Command, lease_id: str) -> None:
+        """The caller of a queued acquire left: take it out of line (or give back its grant)."""
         assert isinstance(cmd, ObjectCommand)
-        kind = cast(LeaseKind, getattr(cmd, "kind", "lock"))
         if slot.status is SlotStatus.READY and not self._stopping:
-            request_id = getattr(cmd, "request_id", None)
             cancel = CancelWait(
-                kind=kind, namespace=cmd.namespace, name=cmd.name, lease_id=lease_id, request_id=request_id
+                kind=cast(LeaseKind, getattr(cmd, "kind", "lock")),
+                namespace=cmd.namespace,
+                name=cmd.name,
+                lease_id=lease_id,
+                request_id=getattr(cmd, "request_id", None),
             )
             self._sequence(slot, cancel)
 
@@ -340,32 +281,78 @@ class Engine:
         if not entry[1]:
             del self._waiters[lease_id]
 
+    async def held_objects(self, namespace: str) -> list[tuple[LeaseKind, str, int, int]]:
+        """Admin listing: (kind, name, permits used, waiters) of held locks and semaphores."""
+        now = self._now()
+        held: list[tuple[LeaseKind, str, int, int]] = []
+        prefix = namespace + "/"
+        slots = list(self._slots.values())
+        for slot in slots:
+            if not slot.serving():
+                raise Unavailable("a shard is not loaded; the listing would be incomplete")
+            for kind, pools in (("lock", slot.state.locks), ("semaphore", slot.state.semaphores)):
+                for key, pool in pools.items():
+                    live = [lease for lease in pool.leases.values() if lease.expires_at_ms > now]
+                    if key.startswith(prefix) and live:
+                        used = sum(lease.permits for lease in live)
+                        held.append((cast(LeaseKind, kind), key[len(prefix) :], used, len(pool.waiters)))
+        for slot in slots:
+            await self._through_gate(slot, slot.generation)
+        return sorted(held)
+
     # --- commits ----------------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
+        """Seal and send pending commits, up to `commits_in_flight` at once, in order."""
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            pending, self._pending = self._pending, PendingCommit()
-            if not pending.slots:
+            while self._pending.op_count and len(self._in_flight) < self.config.commits_in_flight:
+                pending, self._pending = self._pending, PendingCommit()
+                if not pending.slots:
+                    # Every shard in it was abandoned: its callers learn that at the gate.
+                    pending.gate.set_result(None)
+                    continue
+                appends = self._seal(pending)
+                try:
+                    reply = await self._store.send_commit(appends)
+                except STORE_ERRORS as error:
+                    self._abandon(pending, OutcomeUnknown(f"the store could not be reached: {error!r}"), set())
+                    continue
+                self._in_flight.append((pending, appends, reply, time.perf_counter()))
+                self._replied.set()
+
+    async def _reply_loop(self) -> None:
+        """Settle commits in the order they were sent (replies arrive in that order)."""
+        timeout_s = self.config.commit_timeout_ms / 1000
+        while True:
+            if not self._in_flight:
+                self._replied.clear()
+                await self._replied.wait()
                 continue
-            appends = self._seal(pending)
-            started = asyncio.get_running_loop().time()
+            pending, appends, reply, sent_at = self._in_flight[0]
             try:
-                async with asyncio.timeout(self.config.commit_timeout_ms / 1000):
-                    await self._store.commit(appends)
+                async with asyncio.timeout(max(0.0, sent_at + timeout_s - time.perf_counter())):
+                    check_commit(await asyncio.shield(reply), appends)
             except FenceRefused as refused:
                 log.warning("commit refused: %s", refused)
-                self._abandon(
-                    pending, Unavailable(str(refused)), lost_shard=refused.shard if refused.reason == "epoch" else None
-                )
-                continue
-            except (RedisError, RespError, OSError, TimeoutError) as error:
+                lost = set(refused.shards) if refused.reason == "epoch" else set()
+                self._settle_first(pending, Unavailable(str(refused)), lost)
+            except STORE_ERRORS as error:
                 log.warning("commit outcome unknown: %r", error)
-                self._abandon(pending, OutcomeUnknown(f"the store did not confirm the write: {error!r}"))
-                continue
-            self._record_commit(pending, appends, asyncio.get_running_loop().time() - started)
-            pending.gate.set_result(None)
-            self._deliver(pending.notices)
+                # Replies behind this one can no longer be matched to their commits.
+                self._store.reset_commits()
+                self._settle_first(pending, OutcomeUnknown(f"the store did not confirm the write: {error!r}"))
+            else:
+                self._in_flight.popleft()
+                self._record_commit(pending, appends, time.perf_counter() - sent_at)
+                pending.gate.set_result(None)
+                self._deliver(pending.notices)
+            if self._pending.op_count:
+                self._wakeup.set()
+
+    def _settle_first(self, pending: PendingCommit, error: LockgateError, lost: set[int] | None = None) -> None:
+        self._in_flight.popleft()
+        self._abandon(pending, error, lost or set())
 
     def _seal(self, pending: PendingCommit) -> list[ShardAppend]:
         appends = []
@@ -413,76 +400,83 @@ class Engine:
                 if not future.done():
                     future.set_result(notice.result)
 
-    def _abandon(self, failed: PendingCommit, error: LockgateError, *, lost_shard: int | None = None) -> None:
+    def _abandon(self, failed: PendingCommit, error: LockgateError, lost: set[int]) -> None:
         """Throw away the speculative state of every shard in a failed commit and reload them."""
         self.stats.failed_commits += 1
-        failed.gate.set_exception(error)
+        _fail_gate(failed.gate, error)
         for slot in failed.slots.values():
-            slot.generation += 1
-            slot.entries = []
-            slot.covering = None
-            self._pending.slots.pop(slot.shard, None)
-            self._fail_waiters(slot.shard, error)
-            if slot.shard == lost_shard:
+            self._drop_speculation(slot, error)
+            if slot.shard in lost:
                 slot.status = SlotStatus.LOST
-                continue
-            slot.status = SlotStatus.LOADING
-            if slot.shard not in self._reloading:
-                self._spawn(self._reload(slot))
+            elif slot.status is not SlotStatus.LOST:
+                slot.status = SlotStatus.LOADING
+                if slot.shard not in self._reloading and not self._stopping:
+                    self._spawn(self._reload(slot))
 
-    def _fail_waiters(self, shard: int, error: LockgateError) -> None:
+    def _drop_speculation(self, slot: Slot, error: LockgateError) -> None:
+        slot.generation += 1
+        slot.entries = []
+        slot.covering = None
+        self._pending.slots.pop(slot.shard, None)
         for waiter_shard, futures in self._waiters.values():
-            if waiter_shard == shard:
+            if waiter_shard == slot.shard:
                 for future in futures:
                     if not future.done():
                         future.set_exception(error)
 
+    def _lose(self, slot: Slot, why: str) -> None:
+        if slot.status is SlotStatus.LOST:
+            return
+        log.warning("shard %d: %s; no longer serving it", slot.shard, why)
+        self._drop_speculation(slot, Unavailable(f"shard moved: {why}"))
+        slot.status = SlotStatus.LOST
+
     # --- loading and reloading ---------------------------------------------------------------
-    async def _load(self, slot: Slot) -> None:
+    async def _load(self, slot: Slot, *, expected_epoch: int | None) -> None:
         """Take the shard (bumping its epoch fences off any other owner), replay, recover."""
-        epochs = await self._store.take([slot.shard])
-        history = await self._store.read_history(slot.shard, epochs[slot.shard])
+        lease_s = self.config.owner_lease_ms / 1000
+        if expected_epoch is not None:
+            await self._store.connect()  # a store restarted from its AOF has forgotten our scripts
+        taken_at = time.monotonic()
+        taken = await self._store.take(
+            slot.shard, self.node_id, self.config.owner_lease_ms, expected_epoch=expected_epoch
+        )
+        if not taken.ok:
+            self._lose(slot, "another node has taken it")
+            return
+        if taken.wait_ms:
+            # The previous owner may serve until its lease runs out: start after it.
+            await asyncio.sleep(taken.wait_ms / 1000)
+        history = await self._store.read_history(slot.shard, taken.epoch)
         state = ShardState.restore(history.snapshot) if history.snapshot else ShardState(slot.shard)
-        if state.lsn != history.snapshot_lsn:
-            raise RuntimeError(f"shard {slot.shard}: snapshot says LSN {history.snapshot_lsn}, holds {state.lsn}")
-        for record in history.records:
-            if record.version != LOG_FORMAT_VERSION:
-                raise RuntimeError(f"shard {slot.shard}: log format {record.version} is not readable here")
-            if record.first_lsn != state.lsn + 1:
-                raise RuntimeError(
-                    f"shard {slot.shard}: log gap, expected LSN {state.lsn + 1}, found {record.first_lsn}"
-                )
-            for now_ms, cmd in record.entries:
-                applied = state.apply(cmd, now_ms)
-                assert applied.logged, f"replayed entry was not a logged op: {cmd!r}"
-            if state.lsn != record.last_lsn:
-                raise RuntimeError(f"shard {slot.shard}: replay reached LSN {state.lsn}, record says {record.last_lsn}")
-        if state.lsn != history.lsn:
-            raise RuntimeError(f"shard {slot.shard}: replay reached LSN {state.lsn}, the store says {history.lsn}")
+        _replay(slot.shard, state, history.snapshot_lsn, history.records, history.lsn)
+        if self._stopping:
+            raise Unavailable("the node is shutting down")
         slot.state = state
-        slot.epoch = history.epoch
+        slot.epoch = taken.epoch
         slot.sealed_lsn = state.lsn
         slot.entries = []
         slot.covering = None
         slot.entries_since_snapshot = sum(len(record.entries) for record in history.records)
         slot.last_snapshot_ms = self._now()
-        slot.status = SlotStatus.READY
+        slot.owned_until = taken_at + (taken.wait_ms / 1000 + lease_s) * (1 - limits.OWNER_LEASE_SAFETY)
         self._last_now_ms = max(self._last_now_ms, state.last_now_ms)
+        generation = slot.generation
         self._sequence(slot, Recover(last_alive_ms=history.last_alive_ms))
-        await cast(GateFuture, slot.covering)  # the Recover's commit
+        await self._through_gate(slot, generation)  # the Recover is durable before anyone is served
+        slot.status = SlotStatus.READY
 
     async def _reload(self, slot: Slot) -> None:
         self.stats.reloads += 1
         self._reloading.add(slot.shard)
         delay = 0.05
         try:
-            while not self._stopping:
+            while not self._stopping and slot.status is not SlotStatus.LOST:
                 try:
-                    await self._load(slot)
+                    await self._load(slot, expected_epoch=slot.epoch)
                     log.info("shard %d reloaded at LSN %d", slot.shard, slot.state.lsn)
                     return
-                except (RedisError, OSError, LockgateError) as error:
-                    slot.status = SlotStatus.LOADING
+                except (*STORE_ERRORS, LockgateError) as error:
                     log.warning("shard %d reload failed (%r); retrying", slot.shard, error)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RELOAD_BACKOFF_MAX_S)
@@ -502,7 +496,7 @@ class Engine:
             await asyncio.sleep(interval_s)
             now = self._now()
             for slot in self._slots.values():
-                if slot.status is not SlotStatus.READY or self._stopping:
+                if not slot.serving() or self._stopping:
                     continue
                 deadline = slot.state.next_deadline_ms()
                 if deadline is not None and deadline <= now:
@@ -516,12 +510,54 @@ class Engine:
                 ):
                     self._snapshot([slot], now)
 
-    async def _heartbeat_loop(self) -> None:
-        """Lets a later owner know when we were last alive, so an outage never shortens leases."""
+    async def _renew_loop(self) -> None:
+        """Keep our ownership leases (and tell a later owner when we were last alive)."""
+        lease_s = self.config.owner_lease_ms / 1000
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-            ready = [shard for shard, slot in self._slots.items() if slot.status is SlotStatus.READY]
+            await asyncio.sleep(lease_s / 3)
+            held = [slot for slot in self._slots.values() if slot.status is SlotStatus.READY]
+            if not held:
+                continue
+            sent_at = time.monotonic()
             try:
-                await self._store.heartbeat(ready, self._now())
-            except (RedisError, OSError) as error:
-                log.warning("heartbeat failed: %r", error)
+                lost = set(
+                    await self._store.renew(
+                        [slot.shard for slot in held], self.node_id, self.config.owner_lease_ms, self._now()
+                    )
+                )
+            except STORE_ERRORS as error:
+                log.warning("ownership renewal failed: %r", error)
+                continue
+            for slot in held:
+                if slot.shard in lost:
+                    # Taken by another node, or our lease ran out while the store was away:
+                    # a reload tells which (it takes the shard back only if nobody else did).
+                    self._drop_speculation(slot, Unavailable("ownership of the shard is being re-established"))
+                    slot.status = SlotStatus.LOADING
+                    if slot.shard not in self._reloading and not self._stopping:
+                        self._spawn(self._reload(slot))
+                elif slot.status is SlotStatus.READY:
+                    slot.owned_until = sent_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
+
+
+def _fail_gate(gate: GateFuture, error: LockgateError) -> None:
+    if not gate.done():
+        gate.set_exception(error)
+
+
+def _replay(shard: int, state: ShardState, snapshot_lsn: int, records: list[LogRecord], store_lsn: int) -> None:
+    """Bring a restored snapshot up to the store's LSN, checking every record as it goes."""
+    if state.lsn != snapshot_lsn:
+        raise RuntimeError(f"shard {shard}: snapshot says LSN {snapshot_lsn}, holds {state.lsn}")
+    for record in records:
+        if record.version != LOG_FORMAT_VERSION:
+            raise RuntimeError(f"shard {shard}: log format {record.version} is not readable here")
+        if record.first_lsn != state.lsn + 1:
+            raise RuntimeError(f"shard {shard}: log gap, expected LSN {state.lsn + 1}, found {record.first_lsn}")
+        for now_ms, cmd in record.entries:
+            applied = state.apply(cmd, now_ms)
+            assert applied.logged, f"replayed entry was not a logged op: {cmd!r}"
+        if state.lsn != record.last_lsn:
+            raise RuntimeError(f"shard {shard}: replay reached LSN {state.lsn}, record says {record.last_lsn}")
+    if state.lsn != store_lsn:
+        raise RuntimeError(f"shard {shard}: replay reached LSN {state.lsn}, the store says {store_lsn}")

@@ -6,6 +6,7 @@ Per shard, every key shares the hash tag `{lg:N}` so a shard lives in one Cluste
   {lg:N}:log    stream of records since the last snapshot, ID = first LSN of the record
   {lg:N}:snap   hash {lsn, data}: the last snapshot and the LSN it covers
   {lg:N}:alive  the owner's last heartbeat (ms); a new owner starts the outage there
+  {lg:N}:owner  the owning node's id, expiring (PX) unless renewed: the ownership lease
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import redis
 import redis.asyncio as aioredis
 
 from ..core.ops import AnyCommand
-from .resp import RespConnection, RespError, pack
+from .resp import RespConnection, pack
 
 LOG_FORMAT_VERSION: Final = 1
 RECOVERY_PAGE_RECORDS: Final = 1000
@@ -28,15 +29,24 @@ RECOVERY_PAGE_RECORDS: Final = 1000
 # COMMIT: one tick's records for many shards, all or nothing, fenced.
 # KEYS: per shard, 3 each: epoch, lsn, log
 # ARGV: per shard, 4 each: epoch, prev_lsn, last_lsn, record
-# Returns: {} when written; otherwise {'epoch'|'lsn', position, found} for the first shard
-#          whose owner epoch or last LSN is not what the caller expects, and nothing is written.
+# Returns: {} when written. Otherwise nothing is written and it returns {'epoch', positions,
+#          found} listing every shard another owner took, or {'lsn', {position}, found} for
+#          the first shard whose last LSN is not the one this commit builds on.
 COMMIT_SCRIPT: Final = """
 local n = #KEYS / 3
+local taken = {}
+local found = ''
 for i = 0, n - 1 do
   local epoch = redis.call('GET', KEYS[3*i+1])
-  if epoch ~= ARGV[4*i+1] then return {'epoch', i + 1, epoch or ''} end
+  if epoch ~= ARGV[4*i+1] then
+    taken[#taken + 1] = i + 1
+    found = epoch or ''
+  end
+end
+if #taken > 0 then return {'epoch', taken, found} end
+for i = 0, n - 1 do
   local lsn = redis.call('GET', KEYS[3*i+2]) or '0'
-  if lsn ~= ARGV[4*i+2] then return {'lsn', i + 1, lsn} end
+  if lsn ~= ARGV[4*i+2] then return {'lsn', {i + 1}, lsn} end
 end
 for i = 0, n - 1 do
   redis.call('XADD', KEYS[3*i+3], (tonumber(ARGV[4*i+2]) + 1) .. '-0', 'r', ARGV[4*i+4])
@@ -62,6 +72,56 @@ SNAPSHOT_WAIT_S: Final = 10.0
 """How long a snapshot writer waits for the log to reach the snapshot's LSN."""
 
 
+# TAKE: become the owner of one shard.
+# KEYS: epoch, owner
+# ARGV: node_id, lease_ms, expected_epoch ('' to take it whoever holds it)
+# Returns: {'ok', epoch, wait_ms}: the new epoch, and how long the previous owner may still
+#          believe it owns the shard (serve nothing before that; our lease covers the wait
+#          plus lease_ms); {'moved', 0, 0} when
+#          expected_epoch is given and the shard is no longer ours.
+TAKE_SCRIPT: Final = """
+local owner = redis.call('GET', KEYS[2])
+if ARGV[3] ~= '' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[3] or (owner and owner ~= ARGV[1]) then return {'moved', 0, 0} end
+end
+local wait = 0
+if owner and owner ~= ARGV[1] then
+  wait = redis.call('PTTL', KEYS[2])
+  if wait < 0 then wait = 0 end
+end
+local epoch = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]) + wait)
+return {'ok', epoch, wait}
+"""
+
+# RENEW: extend the ownership lease of many shards and record that the owner is alive.
+# KEYS: per shard, 2 each: owner, alive
+# ARGV: node_id, lease_ms, now_ms
+# Returns: the (1-based) positions of shards this node no longer owns.
+RENEW_SCRIPT: Final = """
+local lost = {}
+for i = 0, #KEYS / 2 - 1 do
+  if redis.call('GET', KEYS[2*i+1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[2*i+1], ARGV[2])
+    redis.call('SET', KEYS[2*i+2], ARGV[3])
+  else
+    lost[#lost + 1] = i + 1
+  end
+end
+return lost
+"""
+
+
+# RELEASE: give up ownership of shards on a clean stop, so the next owner need not wait.
+# KEYS: owner keys; ARGV: node_id. Returns nothing useful.
+RELEASE_SCRIPT: Final = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+return 0
+"""
+
+
 class LogRecord(msgspec.Struct, array_like=True):
     """One commit's entries for one shard: (now_ms, command) in sequencing order."""
 
@@ -75,13 +135,21 @@ record_encoder = msgspec.msgpack.Encoder()
 record_decoder = msgspec.msgpack.Decoder(LogRecord)
 
 
+def check_commit(reply: Any, appends: list[ShardAppend]) -> None:
+    """Raise FenceRefused unless the COMMIT script wrote everything."""
+    if reply:
+        reason, positions, found = reply
+        shards = [appends[int(position) - 1].shard for position in positions]
+        raise FenceRefused(reason.decode(), shards, found.decode())
+
+
 class FenceRefused(Exception):
     """The store refused a commit: another owner took the shard, or its log moved on."""
 
-    def __init__(self, reason: str, shard: int, found: str) -> None:
-        super().__init__(f"shard {shard}: {reason} is {found!r} in the store")
+    def __init__(self, reason: str, shards: list[int], found: str) -> None:
+        super().__init__(f"shards {shards}: {reason} is not as expected (e.g. {found!r}) in the store")
         self.reason = reason
-        self.shard = shard
+        self.shards = shards  # for 'epoch': every shard another owner has taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +162,13 @@ class ShardAppend:
 
 
 @dataclass(frozen=True, slots=True)
+class Taken:
+    ok: bool
+    epoch: int
+    wait_ms: int  # the previous owner's lease may run this much longer
+
+
+@dataclass(frozen=True, slots=True)
 class ShardHistory:
     epoch: int
     lsn: int
@@ -103,9 +178,10 @@ class ShardHistory:
     last_alive_ms: int
 
 
-def shard_keys(shard: int) -> tuple[str, str, str, str, str]:
+def shard_keys(shard: int) -> tuple[str, str, str, str, str, str]:
+    """epoch, lsn, log, snap, alive, owner."""
     tag = f"{{lg:{shard}}}"
-    return f"{tag}:epoch", f"{tag}:lsn", f"{tag}:log", f"{tag}:snap", f"{tag}:alive"
+    return f"{tag}:epoch", f"{tag}:lsn", f"{tag}:log", f"{tag}:snap", f"{tag}:alive", f"{tag}:owner"
 
 
 class RedisLog:
@@ -119,6 +195,7 @@ class RedisLog:
         self._commit_sha: str | None = None
 
     async def connect(self) -> None:
+        """Load the scripts (again: a store restarted from its AOF has forgotten them)."""
         self._commit_sha = await self._other.script_load(COMMIT_SCRIPT)
 
     async def close(self) -> None:
@@ -132,28 +209,29 @@ class RedisLog:
     async def ping(self) -> bool:
         return bool(await self._other.ping())
 
-    async def commit(self, appends: list[ShardAppend]) -> None:
+    async def send_commit(self, appends: list[ShardAppend]) -> asyncio.Future[Any]:
+        """Write one commit to the commit connection now; the future gets the script's reply.
+
+        Commits are pipelined and reach the store in the order sent. Check the reply with
+        `check_commit`.
+        """
         keys: list[str] = []
         args: list[bytes | int] = []
         for append in appends:
-            epoch_key, lsn_key, log_key, _, _ = shard_keys(append.shard)
+            epoch_key, lsn_key, log_key, *_ = shard_keys(append.shard)
             keys += [epoch_key, lsn_key, log_key]
             args += [append.epoch, append.prev_lsn, append.last_lsn, append.record]
         assert self._commit_sha is not None, "connect() first"
-        try:
-            reply = await self._commits.call(pack(b"EVALSHA", self._commit_sha, len(keys), *keys, *args))
-        except RespError as error:
-            if "NOSCRIPT" not in str(error):
-                raise
-            # The store restarted and forgot the script: send it whole, once.
-            reply = await self._commits.call(pack(b"EVAL", COMMIT_SCRIPT, len(keys), *keys, *args))
-        if reply:
-            reason, position, found = reply
-            raise FenceRefused(reason.decode(), appends[int(position) - 1].shard, found.decode())
+        await self._commits.connect()
+        return self._commits.send(pack(b"EVALSHA", self._commit_sha, len(keys), *keys, *args))
+
+    def reset_commits(self) -> None:
+        """Drop the commit connection: every commit still awaiting a reply has an unknown outcome."""
+        self._commits.close()
 
     async def write_snapshot(self, shard: int, epoch: int, lsn: int, snapshot: bytes) -> str:
         """Store a snapshot once the log has reached its LSN; the script's answer."""
-        epoch_key, lsn_key, log_key, snap_key, _ = shard_keys(shard)
+        epoch_key, lsn_key, log_key, snap_key, *_ = shard_keys(shard)
         deadline = time.monotonic() + SNAPSHOT_WAIT_S
         while True:
             answer = await self._other.eval(
@@ -164,22 +242,31 @@ class RedisLog:
                 return answer
             await asyncio.sleep(0.01)
 
-    async def take(self, shards: list[int]) -> dict[int, int]:
-        """Become the owner of `shards`: every other owner's next append is refused."""
-        async with self._other.pipeline(transaction=False) as pipe:
-            for shard in shards:
-                pipe.incr(shard_keys(shard)[0])
-            epochs = await pipe.execute()
-        return dict(zip(shards, (int(epoch) for epoch in epochs), strict=True))
+    async def take(self, shard: int, node_id: str, lease_ms: int, *, expected_epoch: int | None) -> Taken:
+        """Become the owner of `shard` (every other owner's next commit is refused).
 
-    async def heartbeat(self, shards: list[int], now_ms: int) -> None:
-        async with self._other.pipeline(transaction=False) as pipe:
-            for shard in shards:
-                pipe.set(shard_keys(shard)[4], now_ms)
-            await pipe.execute()
+        With `expected_epoch` (a reload after a failed commit) only if the shard is still
+        ours: a shard another node has taken since stays taken.
+        """
+        epoch_key, _, _, _, _, owner_key = shard_keys(shard)
+        expected = "" if expected_epoch is None else str(expected_epoch)
+        answer = await self._other.eval(TAKE_SCRIPT, 2, epoch_key, owner_key, node_id, lease_ms, expected)
+        status, epoch, wait_ms = answer
+        return Taken(status.decode() == "ok", int(epoch), int(wait_ms))
+
+    async def renew(self, shards: list[int], node_id: str, lease_ms: int, now_ms: int) -> list[int]:
+        """Extend our ownership of `shards` and note we are alive; returns the shards we lost."""
+        keys = [key for shard in shards for key in (shard_keys(shard)[5], shard_keys(shard)[4])]
+        lost = await self._other.eval(RENEW_SCRIPT, len(keys), *keys, node_id, lease_ms, now_ms)
+        return [shards[int(position) - 1] for position in lost]
+
+    async def release(self, shards: list[int], node_id: str) -> None:
+        if shards:
+            keys = [shard_keys(shard)[5] for shard in shards]
+            await self._other.eval(RELEASE_SCRIPT, len(keys), *keys, node_id)
 
     async def read_history(self, shard: int, epoch: int) -> ShardHistory:
-        _, lsn_key, log_key, snap_key, alive_key = shard_keys(shard)
+        _, lsn_key, log_key, snap_key, alive_key, _ = shard_keys(shard)
         async with self._other.pipeline(transaction=False) as pipe:
             pipe.get(lsn_key).hmget(snap_key, "lsn", "data").get(alive_key)
             lsn_raw, (snap_lsn_raw, snapshot), alive_raw = await pipe.execute()
@@ -205,7 +292,7 @@ class RedisLog:
 
 def write_snapshot_blocking(url: str, shard: int, epoch: int, lsn: int, snapshot: bytes) -> str:
     """The same as RedisLog.write_snapshot, for a forked snapshot process (no event loop)."""
-    epoch_key, lsn_key, log_key, snap_key, _ = shard_keys(shard)
+    epoch_key, lsn_key, log_key, snap_key, *_ = shard_keys(shard)
     client: Any = redis.Redis.from_url(url)
     try:
         deadline = time.monotonic() + SNAPSHOT_WAIT_S

@@ -1,15 +1,19 @@
-"""A bare RESP connection for the commit path.
+"""A bare, pipelined RESP connection for the commit path.
 
-A commit is one EVALSHA with a few hundred arguments, sent once per tick. Profiling showed
-redis-py's command packing and encoding at ~15% of the node's CPU, all of it inside the
-commit cycle every caller waits on; packing the bytes ourselves and parsing replies with
-hiredis (redis-py's own accelerator) removes most of that. Only what commits need:
-connect (AUTH, SELECT), send one command, read one reply.
+A commit is one EVALSHA with a few hundred arguments. Profiling showed redis-py's command
+packing and encoding at ~15% of the node's CPU, all of it inside the commit cycle every
+caller waits on; packing the bytes ourselves and parsing replies with hiredis (redis-py's
+own accelerator) removes most of that. Commits are pipelined: the next one is written
+before the previous reply arrives, and replies come back in the order sent, so each
+`send` gets a future resolved in order by one reader. Any failure closes the connection
+and fails every outstanding future: after that nobody can tell which replies belong to
+whom, so every outstanding outcome is unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 import hiredis
@@ -30,51 +34,92 @@ def pack(*parts: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class RespConnection:
     def __init__(self, url: str) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._parser = hiredis.Reader()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._connecting: asyncio.Future[None] | None = None
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
+        if self._writer is not None:
+            return
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        try:
+            await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> None:
         options = self._options
-        self._reader, self._writer = await asyncio.open_connection(
-            options.get("host", "127.0.0.1"), int(options.get("port", 6379))
-        )
-        self._parser = hiredis.Reader()
+        reader, writer = await asyncio.open_connection(options.get("host", "127.0.0.1"), int(options.get("port", 6379)))
+        self._writer = writer
+        self._reader_task = asyncio.ensure_future(self._read_replies(reader))
         password = options.get("password")
         if password:
             username = options.get("username")
-            await self._call(pack("AUTH", username, password) if username else pack("AUTH", password))
+            await self.send(pack("AUTH", username, password) if username else pack("AUTH", password))
         if int(options.get("db", 0)):
-            await self._call(pack("SELECT", int(options["db"])))
+            await self.send(pack("SELECT", int(options["db"])))
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write one command now; the future gets its reply (or the connection's failure)."""
+        if self._writer is None:
+            raise ConnectionError("not connected")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # A caller that stopped waiting (a stopped node) must not leave an unretrieved error.
+        future.add_done_callback(_retrieve)
+        self._waiting.append(future)
+        self._writer.write(packed)
+        return future
 
     async def call(self, packed: bytes) -> Any:
-        if self._writer is None:
-            await self._connect()
+        await self.connect()
+        return await self.send(packed)
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        parser = hiredis.Reader()
+        error: BaseException = ConnectionError("the store closed the connection")
         try:
-            return await self._call(packed)
-        except BaseException:
-            self.close()  # a half-read reply leaves the stream unusable
-            raise
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    future = self._waiting.popleft()
+                    if future.done():
+                        continue
+                    if isinstance(reply, hiredis.ReplyError):
+                        future.set_exception(RespError(str(reply)))
+                    else:
+                        future.set_result(reply)
+        except (OSError, hiredis.ProtocolError, IndexError) as failure:
+            error = ConnectionError(f"commit connection failed: {failure!r}")
+        except asyncio.CancelledError:
+            error = ConnectionError("the commit connection was closed")
+        self._fail_all(error)
 
-    async def _call(self, packed: bytes) -> Any:
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(packed)
-        while True:
-            reply = self._parser.gets()
-            if reply is not False:
-                break
-            data = await self._reader.read(65536)
-            if not data:
-                raise ConnectionError("the store closed the connection")
-            self._parser.feed(data)
-        if isinstance(reply, hiredis.ReplyError):
-            raise RespError(str(reply))
-        return reply
-
-    def close(self) -> None:
+    def _fail_all(self, error: BaseException) -> None:
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
         if self._writer is not None:
             self._writer.close()
-        self._reader = self._writer = None
+        self._writer = None
+
+    def close(self) -> None:
+        """Drop the connection; every reply still awaited fails (its outcome is unknown)."""
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            self._reader_task = None
+        self._fail_all(ConnectionError("the commit connection was closed"))

@@ -1,0 +1,100 @@
+"""The per-shard and per-commit bookkeeping of a node."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import time
+
+from ..core.context import Notice
+from ..core.ops import AnyCommand
+from ..core.shard_state import ShardState
+
+
+class SlotStatus(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    LOST = "lost"  # another node took it; we never serve it again
+
+
+class GateFuture(asyncio.Future[None]):
+    """A commit shared by many callers: one caller leaving must not cancel it for all."""
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
+
+
+def new_gate() -> GateFuture:
+    gate = GateFuture()
+    # Failures are delivered to every awaiting caller; nobody awaiting is not an error.
+    gate.add_done_callback(lambda done: done.exception())
+    return gate
+
+
+class Slot:
+    """One shard as this node holds it."""
+
+    __slots__ = (
+        "covering",
+        "entries",
+        "entries_since_snapshot",
+        "epoch",
+        "generation",
+        "last_snapshot_ms",
+        "owned_until",
+        "sealed_lsn",
+        "shard",
+        "state",
+        "status",
+    )
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.state = ShardState(shard)
+        self.status = SlotStatus.LOADING
+        self.epoch = 0
+        self.generation = 0  # bumped whenever speculative state is thrown away
+        self.sealed_lsn = 0  # last LSN handed to a commit
+        self.entries: list[tuple[int, AnyCommand]] = []  # applied, not yet sealed
+        self.covering: GateFuture | None = None  # the commit that holds our latest entry
+        self.entries_since_snapshot = 0
+        self.last_snapshot_ms = 0
+        self.owned_until = 0.0  # monotonic: serve nothing after this unless the lease is renewed
+
+    def serving(self) -> bool:
+        return self.status is SlotStatus.READY and time.monotonic() < self.owned_until
+
+
+class PendingCommit:
+    __slots__ = ("gate", "notices", "op_count", "slots")
+
+    def __init__(self) -> None:
+        self.gate = new_gate()
+        self.slots: dict[int, Slot] = {}
+        self.notices: list[tuple[Slot, int, Notice]] = []  # (slot, its generation then, notice)
+        self.op_count = 0
+
+
+class LeaseIds:
+    """Unguessable lease ids (a lease id is the right to release), cheaply.
+
+    One urandom read per 340 ids instead of a syscall per acquire, which profiling put
+    at 3% of a node's CPU.
+    """
+
+    ID_BYTES = 12
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._offset = 0
+
+    def __call__(self) -> str:
+        if self._offset + self.ID_BYTES > len(self._pool):
+            self._pool = os.urandom(4080)
+            self._offset = 0
+        start, self._offset = self._offset, self._offset + self.ID_BYTES
+        return self._pool[start : self._offset].hex()
+
+
+new_lease_id = LeaseIds()
