@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -49,16 +50,23 @@ class AsyncTransport:
         self._slots = asyncio.Semaphore(max_connections)
         self.requests_sent = 0
 
-    async def request(self, method: str, path: str, body: bytes, read_timeout: float) -> Response:
+    async def request(self, method: str, path: str, body: bytes, timeout: float) -> Response:
+        """One request; `timeout` bounds all of it: waiting for a connection, connecting, answering."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._request(method, path, body, min(timeout, self._timeouts.connect))
+        except TimeoutError as error:
+            raise errors.TransportError(f"{method} {path}: no answer within {timeout:.3f} s") from error
+
+    async def _request(self, method: str, path: str, body: bytes, connect_timeout: float) -> Response:
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect()
+            connection = self._idle.pop() if self._idle else await self._connect(connect_timeout)
             try:
                 head = _core.request_head(method, path, self._host_header, len(body), self._api_key)
                 connection.writer.write(head + body)
                 self.requests_sent += 1
-                async with asyncio.timeout(read_timeout):
-                    status, keep_alive, data = await _read_response(connection.reader)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
+                status, keep_alive, data = await _read_response(connection.reader)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
                 connection.close()
                 raise errors.TransportError(f"{method} {path}: {error!r}") from error
             except BaseException:
@@ -70,9 +78,9 @@ class AsyncTransport:
                 connection.close()
         return Response(status, _core.decode_body(data))
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, timeout: float) -> _Connection:
         try:
-            async with asyncio.timeout(self._timeouts.connect):
+            async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(self._host, self._port)
         except (OSError, TimeoutError) as error:
             raise errors.TransportError(f"cannot connect to {self._host}:{self._port}: {error!r}") from error
@@ -324,8 +332,9 @@ class AsyncLeaseContext:
         on_lost: Callable[[Lease], None] | None = None,
     ) -> None:
         self._client = client
-        self._call = _core.acquire_call(client.namespace, kind, name, ttl=ttl, wait=wait, limit=limit,
-                                        permits=permits, holder=holder)  # fmt: skip
+        # A fresh call (and request_id) per acquire: re-entering must not replay an old grant.
+        self._new_call = functools.partial(_core.acquire_call, client.namespace, kind, name, ttl=ttl, wait=wait,
+                                           limit=limit, permits=permits, holder=holder)  # fmt: skip
         self._auto_renew = auto_renew
         self._cancel_on_loss = cancel_on_loss
         self._on_lost = on_lost
@@ -336,8 +345,11 @@ class AsyncLeaseContext:
 
     async def acquire(self) -> Lease:
         """Acquire without the context manager; the same request_id is reused on every retry."""
+        if self.lease is not None and not self.lease.released:
+            raise RuntimeError("this lease is still held: release it before acquiring again")
+        self._cancelled_by_us = False
         sent_at = time.monotonic()
-        self.lease = await self._client.run(self._call)
+        self.lease = await self._client.run(self._new_call())
         if self._auto_renew:
             keeper = LeaseKeeper(self.lease, confirmed_at=sent_at, on_lost=self._on_lost)
             self._renewer = asyncio.ensure_future(self._keep(keeper))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
 import queue
 import random
@@ -36,12 +37,14 @@ class SyncTransport:
         self.requests_sent = 0
 
     def request(self, method: str, path: str, body: bytes, read_timeout: float) -> Response:
+        """One request; connecting counts against `read_timeout` (the attempt's budget) too."""
         try:
             connection = self._idle.get_nowait()
         except queue.Empty:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeouts.connect)
+            connection = http.client.HTTPConnection(self._host, self._port)
         try:
             if connection.sock is None:
+                connection.timeout = min(self._timeouts.connect, read_timeout)
                 connection.connect()
             assert connection.sock is not None
             connection.sock.settimeout(read_timeout)
@@ -225,8 +228,9 @@ class LeaseContext:
         on_lost: Callable[[Lease], None] | None = None,
     ) -> None:
         self._client = client
-        self._call = _core.acquire_call(client.namespace, kind, name, ttl=ttl, wait=wait, limit=limit,
-                                        permits=permits, holder=holder)  # fmt: skip
+        # A fresh call (and request_id) per acquire: re-entering must not replay an old grant.
+        self._new_call = functools.partial(_core.acquire_call, client.namespace, kind, name, ttl=ttl, wait=wait,
+                                           limit=limit, permits=permits, holder=holder)  # fmt: skip
         self._auto_renew = auto_renew
         self._on_lost = on_lost
         self._stop = threading.Event()
@@ -235,8 +239,11 @@ class LeaseContext:
 
     def acquire(self) -> Lease:
         """Acquire without the context manager; the same request_id is reused on every retry."""
+        if self.lease is not None and not self.lease.released:
+            raise RuntimeError("this lease is still held: release it before acquiring again")
+        self._stop = threading.Event()
         sent_at = time.monotonic()
-        self.lease = self._client.run(self._call)
+        self.lease = self._client.run(self._new_call())
         if self._auto_renew:
             keeper = LeaseKeeper(self.lease, confirmed_at=sent_at, on_lost=self._on_lost)
             self._renewer = threading.Thread(target=self._keep, args=(keeper,), daemon=True, name="lockgate-renew")
