@@ -36,7 +36,7 @@ from redis.utils import HIREDIS_AVAILABLE
 from lockgate_server.core.ops import Acquire, Algorithm, Granted, RateCheck, RateDecision, Release, Released
 from lockgate_server.engine.node import Engine, new_lease_id
 from lockgate_server.storage.embedded import EmbeddedValkey
-from lockgate_server.storage.log import RedisLog, ShardAppend
+from lockgate_server.storage.log import RedisLog
 
 from .common import CpuWatch, Measurement, Operation, Watch, filesystem_of, machine_facts, percentile, run_closed_loop
 
@@ -63,48 +63,36 @@ def key_pickers() -> list[random.Random]:
 
 
 # --- engine workloads -------------------------------------------------------------------------
-class TimedLog(RedisLog):
-    """The engine's store, timing each commit round trip (script call + fsync) on perf_counter.
+class CommitWatch:
+    """Engine commits and their round trips (send to reply, perf_counter) inside the measured window only."""
 
-    The engine's own commit observers use loop.time(), which has 1 ms resolution on uvloop.
-    """
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.recording = False
         self.commit_seconds: list[float] = []
         self.commit_shards: list[int] = []
-
-    async def commit(self, appends: list[ShardAppend]) -> None:
-        began = time.perf_counter()
-        await super().commit(appends)
-        if self.recording:
-            self.commit_seconds.append(time.perf_counter() - began)
-            self.commit_shards.append(len(appends))
-
-
-class CommitWatch:
-    """Engine commits and their round trips inside the measured window only."""
-
-    def __init__(self, engine: Engine, store: TimedLog) -> None:
-        self.engine = engine
-        self.store = store
         self.opened = (0, 0)
         self.closed = (0, 0)
+        engine.stats.commit_observers.append(self._observe)
+
+    def _observe(self, ops: int, shards: int, seconds: float) -> None:
+        if self.recording:
+            self.commit_seconds.append(seconds)
+            self.commit_shards.append(shards)
 
     async def open(self) -> None:
-        self.store.recording = True
+        self.recording = True
         self.opened = (self.engine.stats.commits, self.engine.stats.ops_committed)
 
     async def close(self) -> None:
-        self.store.recording = False
+        self.recording = False
         self.closed = (self.engine.stats.commits, self.engine.stats.ops_committed)
 
     def figures(self, window_s: float) -> dict[str, object]:
         commits = self.closed[0] - self.opened[0]
         ops = self.closed[1] - self.opened[1]
-        round_trips = sorted(self.store.commit_seconds)
-        shards = self.store.commit_shards
+        round_trips = sorted(self.commit_seconds)
+        shards = self.commit_shards
         return {
             "commits": commits,
             "ops_committed": ops,
@@ -116,7 +104,7 @@ class CommitWatch:
             "shards_per_commit": round(sum(shards) / len(shards), 1) if shards else 0.0,
             "largest_commit": self.engine.stats.largest_commit,
             "failed_commits": self.engine.stats.failed_commits,
-            "snapshots": self.engine.stats.snapshots,
+            "snapshots": self.engine.snapshots.stats.taken,
         }
 
 
@@ -159,10 +147,9 @@ async def run_engine(
     cpu: Watch,
 ) -> Measurement:
     """A fresh engine on an empty database, so no workload replays another's log."""
-    store = TimedLog(valkey.url)
-    engine = Engine(store)
+    engine = Engine(RedisLog(valkey.url))
     await engine.start()
-    watch = CommitWatch(engine, store)
+    watch = CommitWatch(engine)
     try:
         measurement = await run_closed_loop(
             name, operation_for(engine), tasks=TASKS, warmup_s=args.warmup, seconds=args.seconds, watches=[cpu, watch]
