@@ -19,12 +19,13 @@ import msgspec
 
 from .. import limits
 from ..engine.node import Engine
-from ..errors import InvalidRequest, LockgateError, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..errors import InvalidRequest, LockgateError, MethodNotAllowed, PayloadTooLarge
 from ..settings import Settings
 from . import problems, schemas
 from .auth import KeyRing, Principal, authorize
 from .metrics import Metrics
 from .operations import BY_OPERATION, ROUTES, Call, Route
+from .routing import RouteTable
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -54,33 +55,11 @@ class Dispatcher:
         self._keyring = keyring
         self._engine = engine
         self._metrics = metrics
-        self._by_length: dict[int, list[tuple[tuple[str, ...], Route]]] = {}
-        self._decoders: dict[str, _Decoders] = {}
-        for route in ROUTES:
-            segments = tuple(route.path.split("/"))
-            self._by_length.setdefault(len(segments), []).append((segments, route))
-            if route.body is not None:
-                self._decoders[route.operation] = _Decoders(route.body)
+        self._routes = RouteTable(ROUTES)
+        self._decoders: dict[str, _Decoders] = {
+            route.operation: _Decoders(route.body) for route in ROUTES if route.body is not None
+        }
         self._batch = _Decoders(schemas.BatchRequest)
-
-    # --- matching -----------------------------------------------------------------------------
-    def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
-        parts = path.split("/")
-        path_matched = False
-        for segments, route in self._by_length.get(len(parts), ()):
-            params: dict[str, str] = {}
-            for template, actual in zip(segments, parts, strict=True):
-                if template.startswith("{"):
-                    params[template[1:-1]] = actual
-                elif template != actual:
-                    break
-            else:
-                path_matched = True
-                if route.method == method:
-                    return route, params
-        if path_matched:
-            raise MethodNotAllowed(f"{method} is not allowed on {path}")
-        raise NotFound(f"no route {path}")
 
     # --- ASGI --------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,14 +76,14 @@ class Dispatcher:
                 body = await self._read_body(receive, headers)
                 response: msgspec.Struct = await self._run_batch(principal, body, headers)
             else:
-                route, params = self._match(scope["method"], scope["path"])
+                route, params = self._routes.match(scope["method"], scope["path"])
                 operation = route.operation
                 call = self._call_for(principal, route, params)
                 argument = await self._argument(route, scope, receive, headers)
                 if route.may_block and getattr(argument, "wait_ms", 0) > 0:
-                    response = await self._unless_disconnected(route.handler(call, argument), receive)
+                    response = await self._unless_disconnected(route.handle(call, argument), receive)
                 else:
-                    response = await route.handler(call, argument)
+                    response = await route.handle(call, argument)
         except _ClientLeft:
             self._metrics.observe(operation, "client_left", time.perf_counter() - started)
             return
@@ -185,30 +164,53 @@ class Dispatcher:
 
     # --- batch --------------------------------------------------------------------------------------
     async def _run_batch(self, principal: Principal, body: bytes, headers: dict[bytes, bytes]) -> schemas.BatchResponse:
+        """Sequence every op first (they join one commit), then wait for each answer in order."""
         request = _decode(self._batch, body, headers)
         assert isinstance(request, schemas.BatchRequest)
         if len(request.ops) > self._settings.max_batch_ops:
             raise PayloadTooLarge(f"a batch may hold at most {self._settings.max_batch_ops} operations")
-        wants_msgpack = headers.get(b"content-type", b"").startswith(MSGPACK)
-        outcomes = await asyncio.gather(
-            *(self._batch_op(principal, op, wants_msgpack) for op in request.ops), return_exceptions=True
-        )
+        msgpack_args = headers.get(b"content-type", b"").startswith(MSGPACK)
+        engine = self._engine()
+        started = time.perf_counter()
+        prepared: list[tuple[str, Any]] = []  # (operation, Submitted | awaitable | error)
+        for op in request.ops:
+            try:
+                route, call, argument = self._batch_op(principal, op, msgpack_args)
+                if route.command is None or (route.may_block and getattr(argument, "wait_ms", 0) > 0):
+                    prepared.append((route.operation, asyncio.ensure_future(route.handle(call, argument))))
+                else:
+                    prepared.append((route.operation, (route, engine.submit(route.command(call, argument)))))
+            except (LockgateError, msgspec.ValidationError, _Malformed) as error:
+                prepared.append((op.op, error))
         results = []
-        for outcome in outcomes:
-            if isinstance(outcome, LockgateError):
-                problem = problems.problem_for(outcome)
+        outcomes: dict[tuple[str, str], int] = {}
+        for operation, item in prepared:
+            try:
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, asyncio.Future):
+                    answer = await item
+                else:
+                    route, submitted = item
+                    assert route.render is not None
+                    answer = route.render(*await engine.finish(submitted))
+                results.append(schemas.BatchItem(status=200, body=answer))
+                outcome = "ok"
+            except LockgateError as error:
+                problem = problems.problem_for(error)
                 results.append(schemas.BatchItem(status=problem.status, problem=problem))
-            elif isinstance(outcome, msgspec.ValidationError | _Malformed):
-                problem = _decode_problem(outcome)
+                outcome = problem.type.rsplit("/", 1)[1]
+            except (msgspec.ValidationError, _Malformed) as error:
+                problem = _decode_problem(error)
                 results.append(schemas.BatchItem(status=problem.status, problem=problem))
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                results.append(schemas.BatchItem(status=200, body=outcome))
+                outcome = "invalid"
+            outcomes[(operation, outcome)] = outcomes.get((operation, outcome), 0) + 1
+        seconds = time.perf_counter() - started
+        for (operation, outcome), count in outcomes.items():
+            self._metrics.observe(operation, outcome, seconds, count)
         return schemas.BatchResponse(results=results)
 
-    async def _batch_op(self, principal: Principal, op: schemas.BatchOp, msgpack_args: bool) -> msgspec.Struct:
-        started = time.perf_counter()
+    def _batch_op(self, principal: Principal, op: schemas.BatchOp, msgpack_args: bool) -> tuple[Route, Call, Any]:
         route = BY_OPERATION.get(op.op)
         if route is None:
             raise InvalidRequest(f"unknown op {op.op!r}; one of {', '.join(sorted(BY_OPERATION))}")
@@ -218,8 +220,8 @@ class Dispatcher:
                 raise InvalidRequest(f"{op.op} needs a name")
             params["name"] = op.name
         call = self._call_for(principal, route, params)
-        argument: Any = None
         raw = bytes(op.args)
+        argument: Any = None
         if route.query is not None:
             decoded = _decode_with(msgspec.msgpack.decode if msgpack_args else msgspec.json.decode, raw) if raw else {}
             argument = msgspec.convert(decoded, route.query)
@@ -228,13 +230,7 @@ class Dispatcher:
             argument = _decode_with(decoders.msgpack.decode if msgpack_args else decoders.json.decode, raw)
         elif route.body is not None and route.body is not schemas.RateReset:
             raise InvalidRequest(f"{op.op} needs args")
-        try:
-            result = await route.handler(call, argument)
-        except LockgateError as error:
-            self._metrics.observe(route.operation, problems.problem_for(error).type.rsplit("/", 1)[1], 0.0)
-            raise
-        self._metrics.observe(route.operation, "ok", time.perf_counter() - started)
-        return result
+        return route, call, argument
 
 
 class _ClientLeft(Exception):

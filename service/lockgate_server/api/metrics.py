@@ -29,6 +29,7 @@ class Metrics:
         self.http_requests = Counter(
             "lockgate_http_requests", "HTTP requests to the API, by route", ["route"], registry=self.registry
         )
+        self.v1_requests = self.http_requests.labels("v1")  # bound once: labels() costs per request
         self.commit_ops = Histogram(
             "lockgate_commit_batch_ops", "Operations carried by one commit (group commit)", buckets=_BATCH_BUCKETS,
             registry=self.registry,
@@ -73,12 +74,12 @@ class Metrics:
         self.commit_ops.observe(ops)
         self.commit_latency.observe(seconds)
 
-    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+    def observe(self, operation: str, outcome: str, seconds: float, count: int = 1) -> None:
         kind, _, op = operation.partition(".")
         counter = self._children.get((kind, op, outcome))
         if counter is None:
             counter = self._children[(kind, op, outcome)] = self.ops.labels(kind, op, outcome)
-        counter.inc()
+        counter.inc(count)
         histogram = self._latency_children.get((kind, op))
         if histogram is None:
             histogram = self._latency_children[(kind, op)] = self.latency.labels(kind, op)

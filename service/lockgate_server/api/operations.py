@@ -1,7 +1,10 @@
-"""Every /v1 route, declared once: path, right, body, response, and the call into the engine.
+"""Every /v1 route, declared once: path, right, body, response, the command it sequences
+and how its result is rendered.
 
 The ASGI dispatcher serves requests from this table, the OpenAPI document is generated
-from it, and /v1/batch runs its operations through the very same handlers.
+from it, and /v1/batch runs its operations through the very same command/render pairs.
+Splitting "build the command" from "render the result" lets a batch sequence all its
+commands first and then wait once for the commit that covers them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .auth import Right
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """What a handler gets: the engine, settings, and the addressed object."""
+    """What a route gets: the engine, settings, and the addressed object."""
 
     engine: Engine
     settings: Settings
@@ -30,6 +33,8 @@ class Call:
     name: str
 
 
+CommandFor = Callable[[Call, Any], ops.Command]
+Render = Callable[[ops.Result, int], msgspec.Struct]
 Handler = Callable[[Call, Any], Awaitable[msgspec.Struct]]
 
 
@@ -42,9 +47,17 @@ class Route:
     body: type[msgspec.Struct] | None
     query: type[msgspec.Struct] | None
     response: type[msgspec.Struct]
-    handler: Handler
     summary: str
+    command: CommandFor | None = None  # one engine command per request ...
+    render: Render | None = None
+    custom: Handler | None = None  # ... or a handler of its own (listings)
     may_block: bool = False  # watches the connection: a caller that leaves gives up its place
+
+    async def handle(self, call: Call, argument: Any) -> msgspec.Struct:
+        if self.custom is not None:
+            return await self.custom(call, argument)
+        assert self.command is not None and self.render is not None
+        return self.render(*await call.engine.execute(self.command(call, argument)))
 
 
 def _ok(result: ops.Result) -> ops.Result:
@@ -53,6 +66,7 @@ def _ok(result: ops.Result) -> ops.Result:
     return result
 
 
+# --- locks and semaphores ---------------------------------------------------------------------
 def _lease(result: ops.Result, lsn: int) -> schemas.Lease:
     granted = _ok(result)
     assert isinstance(granted, ops.Granted)
@@ -61,9 +75,33 @@ def _lease(result: ops.Result, lsn: int) -> schemas.Lease:
     )
 
 
-# --- locks and semaphores ---------------------------------------------------------------------
-async def lock_acquire(call: Call, body: schemas.LockAcquire) -> schemas.Lease:
-    command = ops.Acquire(
+def _renewed(result: ops.Result, lsn: int) -> schemas.Lease:
+    renewed = _ok(result)
+    assert isinstance(renewed, ops.Renewed)
+    return schemas.Lease(lease_id=renewed.lease_id, token=renewed.token, ttl_ms=renewed.ttl_ms, permits=0, lsn=lsn)
+
+
+def _released(result: ops.Result, lsn: int) -> schemas.LeaseReleased:
+    _ok(result)
+    return schemas.LeaseReleased(released=True, lsn=lsn)
+
+
+def _status(result: ops.Result, lsn: int) -> schemas.LeaseStatus:
+    assert isinstance(result, ops.LeaseInfo)
+    return schemas.LeaseStatus(
+        held=result.held,
+        limit=result.limit,
+        permits_used=result.permits_used,
+        waiters=result.waiters,
+        holder=result.holder,
+        token=result.token,
+        remaining_ms=result.remaining_ms,
+        lsn=lsn,
+    )
+
+
+def _acquire_lock(call: Call, body: schemas.LockAcquire) -> ops.Command:
+    return ops.Acquire(
         kind="lock",
         namespace=call.namespace,
         name=call.name,
@@ -73,11 +111,10 @@ async def lock_acquire(call: Call, body: schemas.LockAcquire) -> schemas.Lease:
         holder=body.holder,
         request_id=body.request_id,
     )
-    return _lease(*await call.engine.execute(command))
 
 
-async def semaphore_acquire(call: Call, body: schemas.SemaphoreAcquire) -> schemas.Lease:
-    command = ops.Acquire(
+def _acquire_semaphore(call: Call, body: schemas.SemaphoreAcquire) -> ops.Command:
+    return ops.Acquire(
         kind="semaphore",
         namespace=call.namespace,
         name=call.name,
@@ -89,22 +126,18 @@ async def semaphore_acquire(call: Call, body: schemas.SemaphoreAcquire) -> schem
         holder=body.holder,
         request_id=body.request_id,
     )
-    return _lease(*await call.engine.execute(command))
 
 
 def _lease_routes(kind: ops.LeaseKind, collection: str) -> list[Route]:
     base = f"/v1/namespaces/{{namespace}}/{collection}/{{name}}"
 
-    async def release(call: Call, body: schemas.LeaseRelease) -> schemas.LeaseReleased:
-        command = ops.Release(
+    def release(call: Call, body: schemas.LeaseRelease) -> ops.Command:
+        return ops.Release(
             kind=kind, namespace=call.namespace, name=call.name, lease_id=body.lease_id, request_id=body.request_id
         )
-        result, lsn = await call.engine.execute(command)
-        _ok(result)
-        return schemas.LeaseReleased(released=True, lsn=lsn)
 
-    async def renew(call: Call, body: schemas.LeaseRenew) -> schemas.Lease:
-        command = ops.Renew(
+    def renew(call: Call, body: schemas.LeaseRenew) -> ops.Command:
+        return ops.Renew(
             kind=kind,
             namespace=call.namespace,
             name=call.name,
@@ -112,55 +145,49 @@ def _lease_routes(kind: ops.LeaseKind, collection: str) -> list[Route]:
             ttl_ms=body.ttl_ms,
             request_id=body.request_id,
         )
-        result, lsn = await call.engine.execute(command)
-        renewed = _ok(result)
-        assert isinstance(renewed, ops.Renewed)
-        return schemas.Lease(lease_id=renewed.lease_id, token=renewed.token, ttl_ms=renewed.ttl_ms, permits=0, lsn=lsn)
 
-    async def inspect(call: Call, _: None) -> schemas.LeaseStatus:
-        result, lsn = await call.engine.execute(ops.Inspect(kind=kind, namespace=call.namespace, name=call.name))
-        assert isinstance(result, ops.LeaseInfo)
-        return schemas.LeaseStatus(
-            held=result.held,
-            limit=result.limit,
-            permits_used=result.permits_used,
-            waiters=result.waiters,
-            holder=result.holder,
-            token=result.token,
-            remaining_ms=result.remaining_ms,
-            lsn=lsn,
-        )
+    def inspect(call: Call, _: None) -> ops.Command:
+        return ops.Inspect(kind=kind, namespace=call.namespace, name=call.name)
 
-    async def force_release(call: Call, _: None) -> schemas.LeaseReleased:
-        result, lsn = await call.engine.execute(ops.ForceRelease(kind=kind, namespace=call.namespace, name=call.name))
-        _ok(result)
-        return schemas.LeaseReleased(released=True, lsn=lsn)
+    def force_release(call: Call, _: None) -> ops.Command:
+        return ops.ForceRelease(kind=kind, namespace=call.namespace, name=call.name)
 
-    acquire: Handler = lock_acquire if kind == "lock" else semaphore_acquire
+    acquire: CommandFor = _acquire_lock if kind == "lock" else _acquire_semaphore
     acquire_body = schemas.LockAcquire if kind == "lock" else schemas.SemaphoreAcquire
     return [
-        Route(f"{collection}.acquire", "POST", f"{base}/acquire", "write", acquire_body, None, schemas.Lease, acquire,
-              f"Acquire the {kind} (waits up to wait_ms in FIFO order); 409 if not granted", may_block=True),
+        Route(f"{collection}.acquire", "POST", f"{base}/acquire", "write", acquire_body, None, schemas.Lease,
+              f"Acquire the {kind} (waits up to wait_ms in FIFO order); 409 if not granted",
+              acquire, _lease, may_block=True),
         Route(f"{collection}.release", "POST", f"{base}/release", "write", schemas.LeaseRelease, None,
-              schemas.LeaseReleased, release, f"Release a {kind} lease"),
+              schemas.LeaseReleased, f"Release a {kind} lease", release, _released),
         Route(f"{collection}.renew", "POST", f"{base}/renew", "write", schemas.LeaseRenew, None, schemas.Lease,
-              renew, f"Extend a {kind} lease to ttl_ms from now"),
-        Route(f"{collection}.get", "GET", base, "read", None, None, schemas.LeaseStatus, inspect,
-              f"Inspect the {kind}: holder, token, remaining ttl, waiters"),
+              f"Extend a {kind} lease to ttl_ms from now", renew, _renewed),
+        Route(f"{collection}.get", "GET", base, "read", None, None, schemas.LeaseStatus,
+              f"Inspect the {kind}: holder, token, remaining ttl, waiters", inspect, _status),
         Route(f"{collection}.force_release", "POST", f"{base}/force-release", "admin", None, None,
-              schemas.LeaseReleased, force_release, f"Admin: end every lease on the {kind}"),
+              schemas.LeaseReleased, f"Admin: end every lease on the {kind}", force_release, _released),
     ]  # fmt: skip
 
 
 # --- counters -------------------------------------------------------------------------------
-async def counter_get(call: Call, _: None) -> schemas.CounterValue:
-    result, lsn = await call.engine.execute(ops.CounterGet(namespace=call.namespace, name=call.name))
-    assert isinstance(result, ops.CounterValue)
-    return schemas.CounterValue(value=result.value, lsn=lsn)
+def _value(result: ops.Result, lsn: int) -> schemas.CounterValue:
+    value = _ok(result)
+    assert isinstance(value, ops.CounterValue)
+    return schemas.CounterValue(value=value.value, lsn=lsn)
 
 
-async def counter_add(call: Call, body: schemas.CounterAdd) -> schemas.CounterValue:
-    command = ops.CounterAdd(
+def _swapped(result: ops.Result, lsn: int) -> schemas.CompareAndSetResult:
+    outcome = _ok(result)
+    assert isinstance(outcome, ops.CasOutcome)
+    return schemas.CompareAndSetResult(swapped=outcome.swapped, value=outcome.value, lsn=lsn)
+
+
+def _counter_get(call: Call, _: None) -> ops.Command:
+    return ops.CounterGet(namespace=call.namespace, name=call.name)
+
+
+def _counter_add(call: Call, body: schemas.CounterAdd) -> ops.Command:
+    return ops.CounterAdd(
         namespace=call.namespace,
         name=call.name,
         delta=body.delta,
@@ -168,28 +195,16 @@ async def counter_add(call: Call, body: schemas.CounterAdd) -> schemas.CounterVa
         maximum=body.max,
         request_id=body.request_id,
     )
-    result, lsn = await call.engine.execute(command)
-    value = _ok(result)
-    assert isinstance(value, ops.CounterValue)
-    return schemas.CounterValue(value=value.value, lsn=lsn)
 
 
-async def counter_set(call: Call, body: schemas.CounterSet) -> schemas.CounterValue:
-    command = ops.CounterSet(namespace=call.namespace, name=call.name, value=body.value, request_id=body.request_id)
-    result, lsn = await call.engine.execute(command)
-    value = _ok(result)
-    assert isinstance(value, ops.CounterValue)
-    return schemas.CounterValue(value=value.value, lsn=lsn)
+def _counter_set(call: Call, body: schemas.CounterSet) -> ops.Command:
+    return ops.CounterSet(namespace=call.namespace, name=call.name, value=body.value, request_id=body.request_id)
 
 
-async def counter_compare_and_set(call: Call, body: schemas.CounterCompareAndSet) -> schemas.CompareAndSetResult:
-    command = ops.CounterCompareAndSet(
+def _counter_compare_and_set(call: Call, body: schemas.CounterCompareAndSet) -> ops.Command:
+    return ops.CounterCompareAndSet(
         namespace=call.namespace, name=call.name, expected=body.expected, value=body.value, request_id=body.request_id
     )
-    result, lsn = await call.engine.execute(command)
-    outcome = _ok(result)
-    assert isinstance(outcome, ops.CasOutcome)
-    return schemas.CompareAndSetResult(swapped=outcome.swapped, value=outcome.value, lsn=lsn)
 
 
 # --- rate limits ----------------------------------------------------------------------------
@@ -205,8 +220,8 @@ def _decision(result: ops.Result, lsn: int) -> schemas.RateDecision:
     )
 
 
-async def rate_check(call: Call, body: schemas.RateCheck) -> schemas.RateDecision:
-    command = ops.RateCheck(
+def _rate_check(call: Call, body: schemas.RateCheck) -> ops.Command:
+    return ops.RateCheck(
         namespace=call.namespace,
         name=call.name,
         limit=body.limit,
@@ -216,11 +231,10 @@ async def rate_check(call: Call, body: schemas.RateCheck) -> schemas.RateDecisio
         algorithm=body.algorithm,
         request_id=body.request_id if body.cost else None,
     )
-    return _decision(*await call.engine.execute(command))
 
 
-async def rate_peek(call: Call, query: schemas.RatePeek) -> schemas.RateDecision:
-    command = ops.RateCheck(
+def _rate_peek(call: Call, query: schemas.RatePeek) -> ops.Command:
+    return ops.RateCheck(
         namespace=call.namespace,
         name=call.name,
         limit=query.limit,
@@ -229,23 +243,27 @@ async def rate_peek(call: Call, query: schemas.RatePeek) -> schemas.RateDecision
         cost=0,
         algorithm=query.algorithm,
     )
-    return _decision(*await call.engine.execute(command))
 
 
-async def rate_reset(call: Call, body: schemas.RateReset | None) -> schemas.Done:
+def _rate_reset(call: Call, body: schemas.RateReset | None) -> ops.Command:
     request_id = body.request_id if body is not None else None
-    _, lsn = await call.engine.execute(ops.RateReset(namespace=call.namespace, name=call.name, request_id=request_id))
+    return ops.RateReset(namespace=call.namespace, name=call.name, request_id=request_id)
+
+
+def _done(_: ops.Result, lsn: int) -> schemas.Done:
     return schemas.Done(lsn=lsn)
 
 
-async def fence_check(call: Call, body: schemas.FenceCheck) -> schemas.FenceAnswer:
-    command = ops.FenceCheck(kind=body.kind, namespace=call.namespace, name=body.name, token=body.token)
-    result, lsn = await call.engine.execute(command)
+def _fence_check(call: Call, body: schemas.FenceCheck) -> ops.Command:
+    return ops.FenceCheck(kind=body.kind, namespace=call.namespace, name=body.name, token=body.token)
+
+
+def _fence_answer(result: ops.Result, lsn: int) -> schemas.FenceAnswer:
     assert isinstance(result, ops.FenceAnswer)
     return schemas.FenceAnswer(current=result.current, lsn=lsn)
 
 
-async def held_objects(call: Call, _: None) -> schemas.HeldObjects:
+async def _held_objects(call: Call, _: None) -> schemas.HeldObjects:
     held = await call.engine.held_objects(call.namespace)
     return schemas.HeldObjects(
         objects=[
@@ -262,25 +280,25 @@ _RATE = f"{_NS}/ratelimits/{{name}}"
 ROUTES: list[Route] = [
     *_lease_routes("lock", "locks"),
     *_lease_routes("semaphore", "semaphores"),
-    Route("counters.get", "GET", _COUNTER, "read", None, None, schemas.CounterValue, counter_get,
-          "Read a counter (0 if never set)"),
+    Route("counters.get", "GET", _COUNTER, "read", None, None, schemas.CounterValue,
+          "Read a counter (0 if never set)", _counter_get, _value),
     Route("counters.add", "POST", f"{_COUNTER}/add", "write", schemas.CounterAdd, None, schemas.CounterValue,
-          counter_add, "Add delta; refused with 409 if it would cross min/max or the int64 range"),
-    Route("counters.set", "PUT", _COUNTER, "write", schemas.CounterSet, None, schemas.CounterValue, counter_set,
-          "Set the counter"),
+          "Add delta; refused with 409 if it would cross min/max or the int64 range", _counter_add, _value),
+    Route("counters.set", "PUT", _COUNTER, "write", schemas.CounterSet, None, schemas.CounterValue,
+          "Set the counter", _counter_set, _value),
     Route("counters.compare_and_set", "POST", f"{_COUNTER}/compare-and-set", "write", schemas.CounterCompareAndSet,
-          None, schemas.CompareAndSetResult, counter_compare_and_set,
-          "Set to value if the counter equals expected"),
+          None, schemas.CompareAndSetResult, "Set to value if the counter equals expected",
+          _counter_compare_and_set, _swapped),
     Route("ratelimits.check", "POST", f"{_RATE}/check", "write", schemas.RateCheck, None, schemas.RateDecision,
-          rate_check, "Check and consume cost; a denial is a normal 200 answer"),
-    Route("ratelimits.peek", "GET", _RATE, "read", None, schemas.RatePeek, schemas.RateDecision, rate_peek,
-          "What a check would answer, without charging"),
-    Route("ratelimits.reset", "POST", f"{_RATE}/reset", "write", schemas.RateReset, None, schemas.Done, rate_reset,
-          "Forget the key's state (back to full)"),
+          "Check and consume cost; a denial is a normal 200 answer", _rate_check, _decision),
+    Route("ratelimits.peek", "GET", _RATE, "read", None, schemas.RatePeek, schemas.RateDecision,
+          "What a check would answer, without charging", _rate_peek, _decision),
+    Route("ratelimits.reset", "POST", f"{_RATE}/reset", "write", schemas.RateReset, None, schemas.Done,
+          "Forget the key's state (back to full)", _rate_reset, _done),
     Route("fence.check", "POST", f"{_NS}/fence/check", "read", schemas.FenceCheck, None, schemas.FenceAnswer,
-          fence_check, "Is this token the current one for the object?"),
-    Route("held.list", "GET", f"{_NS}/held", "admin", None, None, schemas.HeldObjects, held_objects,
-          "Admin: locks and semaphores currently held in the namespace"),
+          "Is this token the current one for the object?", _fence_check, _fence_answer),
+    Route("held.list", "GET", f"{_NS}/held", "admin", None, None, schemas.HeldObjects,
+          "Admin: locks and semaphores currently held in the namespace", custom=_held_objects),
 ]  # fmt: skip
 
 BY_OPERATION: dict[str, Route] = {route.operation: route for route in ROUTES}

@@ -62,7 +62,7 @@ from .routing import shard_of
 from .slots import GateFuture, PendingCommit, Slot, SlotStatus, new_lease_id
 from .snapshots import SnapshotJob, SnapshotMode, Snapshotter
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "GateFuture", "SlotStatus", "new_lease_id"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "GateFuture", "SlotStatus", "Submitted", "new_lease_id"]
 
 log = logging.getLogger("lockgate.engine")
 
@@ -82,6 +82,17 @@ class EngineStats:
     reloads: int = 0
     expirations: int = 0
     commit_observers: list[Callable[[int, int, float], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A sequenced command whose answer is not yet released (see Engine.submit)."""
+
+    cmd: Command
+    slot: Slot
+    generation: int
+    applied: Applied
+    turn: asyncio.Future[Result] | None  # a queued acquire's grant or timeout
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,13 @@ class Engine:
     # --- the hot path ---------------------------------------------------------------------------
     async def execute(self, cmd: Command) -> tuple[Result, int]:
         """Apply `cmd` and answer once everything it observed is durable: (result, lsn)."""
+        return await self.finish(self.submit(cmd))
+
+    def submit(self, cmd: Command) -> Submitted:
+        """The synchronous half of `execute`: sequence `cmd` now; `finish` waits for its answer.
+
+        A batch submits all its commands first, so they join one commit, then finishes each.
+        """
         slot = self._slots.get(self.shard_of(cmd))
         if slot is None or not slot.serving():
             raise Unavailable("this node does not serve that shard right now")
@@ -209,18 +227,25 @@ class Engine:
             )
         generation = slot.generation
         applied = self._sequence(slot, cmd)
+        turn = None
+        if isinstance(applied.result, Queued):
+            # Registered before any await, so a grant committed right behind us is not missed.
+            turn = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(applied.result.lease_id, (slot.shard, []))[1].append(turn)
+        return Submitted(cmd, slot, generation, applied, turn)
+
+    async def finish(self, submitted: Submitted) -> tuple[Result, int]:
+        slot, applied, turn = submitted.slot, submitted.applied, submitted.turn
         result = applied.result
-        if not isinstance(result, Queued):
-            await self._through_gate(slot, generation)
+        if turn is None:
+            await self._through_gate(slot, submitted.generation)
             return result, applied.lsn
-        # Registered before any await, so a grant committed right behind us is not missed.
-        turn: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(result.lease_id, (slot.shard, []))[1].append(turn)
+        assert isinstance(result, Queued)
         try:
-            await self._through_gate(slot, generation)
-            answer = await asyncio.wait_for(turn, getattr(cmd, "wait_ms", 0) / 1000 + WAIT_GRACE_S)
+            await self._through_gate(slot, submitted.generation)
+            answer = await asyncio.wait_for(turn, getattr(submitted.cmd, "wait_ms", 0) / 1000 + WAIT_GRACE_S)
         except BaseException:
-            self._leave_line(slot, cmd, result.lease_id)
+            self._leave_line(slot, submitted.cmd, result.lease_id)
             raise
         finally:
             self._forget_waiter(result.lease_id, turn)
