@@ -104,11 +104,13 @@ def _retry_hint_ms(pool: LeasePool, now_ms: int) -> int:
 
 
 def acquire(pool: LeasePool, cmd: Acquire, ctx: Context) -> Result:
+    settle(pool, ctx)
+    if is_idle(pool):
+        pool.limit = cmd.limit  # nobody holds or waits: the limit is the newcomer's to set
     if cmd.limit != pool.limit:
         return Failure(code="conflict", detail=f"this {cmd.kind} has limit {pool.limit}, not {cmd.limit}")
     if cmd.permits > pool.limit:
         return Failure(code="conflict", detail=f"{cmd.permits} permits exceed the limit {pool.limit}")
-    settle(pool, ctx)
     if not pool.waiters and pool.used + cmd.permits <= pool.limit:
         return _grant(pool, ctx, cmd.lease_id, cmd.permits, cmd.ttl_ms, cmd.holder)
     if cmd.wait_ms <= 0:

@@ -77,6 +77,18 @@ class Snapshot(msgspec.Struct, array_like=True):
 
 
 _ABSENT: Final = object()
+_REMEMBERED: Final = (
+    Acquire,
+    Release,
+    Renew,
+    CounterAdd,
+    CounterSet,
+    CounterCompareAndSet,
+    RateCheck,
+    RateReset,
+    RateCheckAll,
+)
+"""Commands whose first answer a repeat of their request_id gets."""
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
@@ -122,20 +134,10 @@ class ShardState:
         if read is not None:
             return Applied(read, [], False, self.lsn)
         memory_key = None
-        request_id = getattr(cmd, "request_id", None)
+        # CancelWait carries the acquire's request_id to forget it, not to be remembered by it.
+        request_id = None if isinstance(cmd, CancelWait) else getattr(cmd, "request_id", None)
         if request_id is not None:
-            assert isinstance(
-                cmd,
-                Acquire
-                | Release
-                | Renew
-                | CounterAdd
-                | CounterSet
-                | CounterCompareAndSet
-                | RateCheck
-                | RateReset
-                | RateCheckAll,
-            )
+            assert isinstance(cmd, _REMEMBERED), f"{type(cmd).__name__} takes no request_id"
             memory_key = _memory_key(_kind_of(cmd), cmd.namespace, cmd.name, request_id)
             remembered = self.remembered.get(memory_key)
             if remembered is not None:
@@ -259,15 +261,22 @@ class ShardState:
         return RateDecisions(allowed=allowed, decisions=[decision for *_, decision in checked])
 
     def _expire(self, until_ms: int, ctx: Context) -> None:
+        until_ms = min(until_ms, ctx.now_ms)  # nothing is due later than now
         self._drop_full_rate_keys(until_ms)
         due: set[tuple[str, str]] = set()
         while self._deadlines and self._deadlines[0][0] <= until_ms:
             _, kind, key = heapq.heappop(self._deadlines)
             due.add((kind, key))
-        # Sorted, not heap order: stale heap entries differ between live and replay.
+        # Sorted, not heap order; and only objects whose real deadline is due, so a stale
+        # heap entry (which a replayed state does not have) changes nothing.
         for kind, key in sorted(due):
             pool = self._pools(kind).get(key)
             if pool is None:
+                continue
+            upcoming = leases.next_deadline_ms(pool)
+            if upcoming is None or upcoming > until_ms:
+                if upcoming is not None:
+                    heapq.heappush(self._deadlines, (upcoming, kind, key))
                 continue
             ctx.kind, ctx.key = kind, key
             leases.settle(pool, ctx)
