@@ -5,13 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench-engine bench-sdk bench-state clean
+.PHONY: run test lint typecheck unit bench-engine bench-http bench-sdk bench-state bench-gateway proto clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]' -e ./sdk
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./sdk
 	touch $(STAMP)
+
+# The benchmarks' own tools (limits, locust, matplotlib) stay out of the test setup.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]' -e ./sdk
+	touch $(BENCH_STAMP)
 
 ## run: the service on 127.0.0.1:8420 with an embedded Valkey (data in ./data)
 run: $(STAMP)
@@ -31,16 +37,50 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 ## bench-engine: the engine against redis-py's Lock and limits, same Valkey, same run
-bench-engine: $(STAMP)
+bench-engine: $(BENCH_STAMP)
 	$(BIN)/python -m loadtests.bench_engine
 
+## bench-http: wrk against the HTTP server vs bare ASGI, Litestar, redis-py, limits and etcd, same Valkey
+# wrk (and etcd-server for the etcd baseline, skipped if it cannot be installed) come from apt
+# when missing and we are root. `make bench-http BENCH_HTTP_ARGS=--quick` for a 3 s-per-scenario run.
+bench-http: $(BENCH_STAMP)
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq >/dev/null || true; \
+			command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null; \
+			command -v etcd >/dev/null 2>&1 || apt-get install -y -qq etcd-server >/dev/null \
+				|| echo "etcd-server could not be installed: the etcd baseline will be skipped"; \
+		fi; \
+	fi
+	@command -v wrk >/dev/null 2>&1 || { echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1; }
+	$(BIN)/python -m loadtests.bench_http $(BENCH_HTTP_ARGS)
+
 ## bench-sdk: AsyncClient through the HTTP server vs redis-py's Lock and limits, same Valkey
-bench-sdk: $(STAMP)
+bench-sdk: $(BENCH_STAMP)
 	$(BIN)/python -m loadtests.bench_sdk
 
 ## bench-state: bytes per object, snapshot pause, recovery of 1.2 million objects
-bench-state: $(STAMP)
+bench-state: $(BENCH_STAMP)
 	$(BIN)/python -m loadtests.bench_state
+
+## bench-gateway: the gateway check endpoint (wrk) and the Envoy RLS gRPC API vs limits, same Valkey
+# wrk comes from apt when missing and we are root. `make bench-gateway BENCH_GATEWAY_ARGS=--quick` for a short run.
+bench-gateway: $(BENCH_STAMP)
+	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq >/dev/null || true; apt-get install -y -qq wrk >/dev/null; \
+	fi
+	@command -v wrk >/dev/null 2>&1 || { echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1; }
+	$(BIN)/python -m loadtests.bench_gateway $(BENCH_GATEWAY_ARGS)
+
+## proto: regenerate the Envoy rate limit service modules from service/lockgate_server/gateway/proto/**/*.proto
+PROTO_DIR := service/lockgate_server/gateway/proto
+proto: $(STAMP)
+	cd service && ../$(BIN)/python -m grpc_tools.protoc -I . \
+		-I "$$(../$(BIN)/python -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')" \
+		--python_out=. --pyi_out=. $$(cd .. && find $(PROTO_DIR) -name '*.proto' | sed 's|^service/||' | sort)
+	cd service && ../$(BIN)/python -m grpc_tools.protoc -I . \
+		-I "$$(../$(BIN)/python -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')" \
+		--grpc_python_out=. lockgate_server/gateway/proto/envoy/service/ratelimit/v3/rls.proto
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.port:
         os.environ[f"{ENV_PREFIX}PORT"] = str(args.port)
     settings = load_settings()
+    # The engine forks to write snapshots and the child never touches gRPC: gRPC's fork
+    # handlers have nothing to protect, and would only log (or stall) on every snapshot.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from granian.constants import Interfaces, Loops

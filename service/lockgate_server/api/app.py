@@ -12,6 +12,8 @@ from litestar import Litestar, MediaType, Request, Response, get
 from litestar.exceptions import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..gateway.loader import PolicyError
+from ..gateway.service import Gateway
 from ..runtime import Runtime
 from ..settings import Settings, load_settings
 from .auth import KeyRing
@@ -43,12 +45,18 @@ class LockgateApp:
         self.metrics = Metrics()
         self.runtime = Runtime(settings)
         self.dispatcher = Dispatcher(settings, self.keyring, self.runtime.current_engine, self.metrics)
+        try:
+            self.gateway = Gateway(settings, self.keyring, self.runtime.current_engine, self.metrics)
+        except PolicyError as error:
+            raise SystemExit(f"gateway policies: {error}") from error
         self.openapi = openapi_document(_SERVICE_PATHS)
         self.litestar = self._build_litestar()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            self.metrics.http_requests.labels("v1").inc()
+        if scope["type"] == "http" and self.gateway.handles(scope["path"]):
+            await self.gateway(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            self.metrics.v1_requests.inc()
             await self.dispatcher(scope, receive, send)
         else:
             await self.litestar(scope, receive, send)  # type: ignore[arg-type]
@@ -62,7 +70,8 @@ class LockgateApp:
                 log.warning("no API keys configured: running OPEN, on loopback %s only", self.settings.host)
             async with runtime.running() as engine:
                 metrics.bind(engine)
-                yield
+                async with self.gateway.running(runtime.store_url):
+                    yield
 
         @get("/healthz", media_type=MediaType.JSON, include_in_schema=False)
         async def healthz() -> dict[str, str]:

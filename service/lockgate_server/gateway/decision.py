@@ -1,0 +1,247 @@
+"""One gateway request, decided: every limit its descriptors match, checked all-or-nothing.
+
+All limits of a request go into one RateCheckAll, routed by the domain's name, so one shard
+decides them together: if any enforced limit denies, none is charged. Shadow limits decide
+and are reported but never deny. A request whose costs are all 0 is a peek: never logged,
+never charged. When the store cannot answer within the domain's failure_timeout_ms, its
+failure_mode decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final, TypeVar
+
+from .. import limits
+from ..core.ops import RateCheckAll, RateDecisions, RateItem, RateResetAll
+from ..engine.node import Engine
+from ..errors import InvalidRequest, LockgateError
+from .matcher import CompiledDomain, Entries, Limit, compile_limit
+from .policy import UNIT_MS
+from .telemetry import GatewayMetrics
+
+T = TypeVar("T")
+
+UNLIMITED_REMAINING: Final = 2**32 - 1
+"""What envoyproxy/ratelimit reports as the remaining of an unlimited descriptor."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDescriptor:
+    entries: Entries
+    override: tuple[int, str] | None = None  # (requests_per_unit, unit): the caller's limit instead of ours
+    hits_addend: int | None = None  # None: the request's
+
+
+@dataclass(slots=True)
+class DescriptorStatus:
+    limit: Limit | None  # None: nothing limits this descriptor (no match, whitelisted, replaced)
+    over_limit: bool = False  # this limit would deny (a shadow limit still lets the request through)
+    remaining: int = 0
+    reset_after_ms: int = 0
+    retry_after_ms: int = 0
+
+    @property
+    def denies(self) -> bool:
+        return self.over_limit and self.limit is not None and not self.limit.shadow
+
+
+@dataclass(slots=True)
+class Verdict:
+    allowed: bool
+    statuses: list[DescriptorStatus]
+    failure: str | None = None  # set when the failure mode decided: the store did not answer in time
+    lsn: int = 0
+
+
+@dataclass(slots=True)
+class _Plan:
+    statuses: list[DescriptorStatus] = field(default_factory=list)
+    items: list[RateItem] = field(default_factory=list)
+    item_of_status: list[int] = field(default_factory=list)  # per status: its index in items, or -1
+    blocked: bool = False  # an enforced limit of 0 requests matched: denied whatever the store says
+
+
+class Decider:
+    def __init__(self, engine: Callable[[], Engine], metrics: GatewayMetrics) -> None:
+        self._engine = engine
+        self._metrics = metrics
+
+    async def decide(
+        self, domain: CompiledDomain, descriptors: Sequence[RequestDescriptor], *, hits_addend: int = 1
+    ) -> Verdict:
+        plan = self._plan(domain, descriptors, hits_addend)
+        if not plan.items:
+            verdict = Verdict(allowed=not plan.blocked, statuses=plan.statuses)
+        else:
+            command = RateCheckAll(namespace=limits.GATEWAY_NAMESPACE, name=domain.name, items=plan.items)
+            try:
+                result, lsn = await _within(self._engine().execute(command), domain.policy.failure_timeout_ms)
+            except (LockgateError, TimeoutError) as error:
+                verdict = _failure(domain, plan.statuses, error)
+            else:
+                assert isinstance(result, RateDecisions)
+                verdict = _settle(plan, result, lsn)
+        self._metrics.record(domain.name, verdict)
+        return verdict
+
+    def _plan(self, domain: CompiledDomain, descriptors: Sequence[RequestDescriptor], hits_addend: int) -> _Plan:
+        """One status per descriptor, and the RateItems of those a limit applies to (one per state)."""
+        plan = _Plan()
+        matched = [self._limit_and_key(domain, descriptor) for descriptor in descriptors]
+        replaced = _replaced_names(matched)
+        item_by_key: dict[str, int] = {}
+        for descriptor, (limit, key) in zip(descriptors, matched, strict=True):
+            if limit is not None and limit.explicit_name is not None and limit.explicit_name in replaced:
+                limit = None
+            status = DescriptorStatus(limit)
+            plan.statuses.append(status)
+            plan.item_of_status.append(-1)
+            if limit is None:
+                continue
+            if limit.unlimited:
+                status.remaining = UNLIMITED_REMAINING
+                continue
+            if limit.requests == 0:  # over the limit by definition: no need to ask the store
+                status.over_limit = True
+                status.reset_after_ms = status.retry_after_ms = limit.window_ms
+                plan.blocked = plan.blocked or not limit.shadow
+                continue
+            cost = descriptor.hits_addend if descriptor.hits_addend is not None else hits_addend
+            index = item_by_key.get(key)
+            if index is None:
+                index = item_by_key[key] = len(plan.items)
+                plan.items.append(_item(key, limit, cost))
+            else:  # two descriptors, one state: they add up, as separate hits would
+                plan.items[index] = _with_more_cost(plan.items[index], cost, shadow=limit.shadow)
+            plan.item_of_status[-1] = index
+        if plan.blocked:  # denied anyway: only look, so nothing is charged, and still report the others
+            plan.items = [_with_cost(item, 0) for item in plan.items]
+        return plan
+
+    async def reset(self, domain: CompiledDomain, descriptors: Sequence[RequestDescriptor]) -> tuple[int, int]:
+        """Forget the state the descriptors' limits keep: (keys reset, lsn)."""
+        keys = sorted(
+            {key for limit, key in (self._limit_and_key(domain, d) for d in descriptors) if limit is not None}
+        )
+        if not keys:
+            return 0, 0
+        _, lsn = await self._engine().execute(
+            RateResetAll(namespace=limits.GATEWAY_NAMESPACE, name=domain.name, keys=keys)
+        )
+        return len(keys), lsn
+
+    @staticmethod
+    def _limit_and_key(domain: CompiledDomain, descriptor: RequestDescriptor) -> tuple[Limit | None, str]:
+        if descriptor.override is not None:
+            requests, unit = descriptor.override
+            if unit not in UNIT_MS:
+                raise InvalidRequest(f"a limit override needs a unit, one of {', '.join(UNIT_MS)}")
+            # A caller's limit is never in shadow mode (envoyproxy/ratelimit does the same).
+            limit = compile_limit(
+                requests=requests,
+                window_ms=UNIT_MS[unit],
+                algorithm=domain.policy.algorithm,
+                name="override",
+                unit=unit,
+            )
+            return limit, domain.override_key(descriptor.entries)
+        node = domain.match(descriptor.entries)
+        if node is None or node.limit is None:
+            return None, ""
+        return node.limit, domain.state_key(node, descriptor.entries)
+
+
+def _replaced_names(matched: list[tuple[Limit | None, str]]) -> frozenset[str]:
+    """Names of limits that another matched limit `replaces` (envoyproxy/ratelimit's replaces)."""
+    names: frozenset[str] = frozenset()
+    for limit, _ in matched:
+        if limit is not None and limit.replaces:
+            names = names | limit.replaces
+    return names
+
+
+def _item(key: str, limit: Limit, cost: int) -> RateItem:
+    return RateItem(
+        key=key,
+        limit=limit.requests,
+        period_ms=limit.window_ms,
+        burst=limit.burst,
+        cost=cost,
+        algorithm=limit.algorithm,
+        shadow=limit.shadow,
+    )
+
+
+def _with_cost(item: RateItem, cost: int, *, shadow: bool | None = None) -> RateItem:
+    return RateItem(
+        key=item.key,
+        limit=item.limit,
+        period_ms=item.period_ms,
+        burst=item.burst,
+        cost=cost,
+        algorithm=item.algorithm,
+        shadow=item.shadow if shadow is None else shadow,
+    )
+
+
+def _with_more_cost(item: RateItem, cost: int, *, shadow: bool) -> RateItem:
+    """The state is enforced if any descriptor reaching it is."""
+    return _with_cost(item, min(item.cost + cost, limits.RATE_COST_MAX), shadow=item.shadow and shadow)
+
+
+def _settle(plan: _Plan, result: RateDecisions, lsn: int) -> Verdict:
+    allowed = result.allowed and not plan.blocked
+    for status, index in zip(plan.statuses, plan.item_of_status, strict=True):
+        if index < 0:
+            continue
+        decision = result.decisions[index]
+        status.over_limit = not decision.allowed
+        status.remaining = decision.remaining
+        if decision.allowed and not allowed:
+            status.remaining += plan.items[index].cost  # it was not charged after all
+        status.reset_after_ms = decision.reset_after_ms
+        status.retry_after_ms = decision.retry_after_ms
+    return Verdict(allowed=allowed, statuses=plan.statuses, lsn=lsn)
+
+
+def _failure(domain: CompiledDomain, statuses: list[DescriptorStatus], error: BaseException) -> Verdict:
+    reason = "timeout" if isinstance(error, TimeoutError) else "store-unavailable"
+    return Verdict(allowed=domain.policy.failure_mode == "allow", statuses=statuses, failure=reason)
+
+
+async def _within(work: Coroutine[Any, Any, T], timeout_ms: int) -> T:
+    """The result of `work`, or TimeoutError after timeout_ms while the work itself goes on.
+
+    Cancelling the work would not be quicker: the engine's commit gate refuses cancellation
+    (one caller leaving must not cancel a commit for all). So the caller waits on a plain
+    future that the work or a timer completes, whichever comes first.
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(work)
+    waiter = loop.create_future()
+    task.add_done_callback(partial(_wake, waiter))
+    timer = loop.call_at(loop.time() + timeout_ms / 1000, _wake, waiter, None)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        if not task.done():
+            task.add_done_callback(_consume)
+    if not task.done():
+        raise TimeoutError(f"the store did not answer within {timeout_ms} ms")
+    return task.result()
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Nobody waits for an abandoned check any more; its outcome must not be reported as lost."""
+    if not task.cancelled():
+        task.exception()

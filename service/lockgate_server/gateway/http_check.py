@@ -1,0 +1,145 @@
+"""The HTTP edges of the gateway: the check endpoint and envoyproxy/ratelimit's /json twin.
+
+    ANY /check/{domain}[/original/path]   (or /check with X-Lockgate-Domain: {domain})
+
+answers 200 (allowed) or the domain's deny_status (default 429) with RateLimit-Policy,
+RateLimit, X-RateLimit-* and, on a denial, Retry-After. nginx auth_request, Traefik
+ForwardAuth and Envoy ext_authz (HTTP service) call it as it is; see docs/gateways.md.
+Its caller is the gateway, and the gateway forwards the client's own Authorization and
+X-API-Key, so the gateway's Lockgate key travels in X-Lockgate-Key (write right on the
+namespace "gateway", when keys are configured). A check charges 1, or what the header named
+by the domain's http.hits_addend_header says (0 peeks) -- a header the gateway must set itself.
+
+    POST /json   body: a RateLimitRequest as proto3 JSON
+
+answers the RateLimitResponse as proto3 JSON, with 429 when it is OVER_LIMIT, like
+envoyproxy/ratelimit's /json; auth as on /v1 (Authorization: Bearer or X-API-Key).
+
+Raw ASGI, like /v1: Litestar's per-request machinery would cost more than the decision.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from google.protobuf import json_format
+
+from .. import limits
+from ..api import problems
+from ..api.auth import KeyRing, authorize
+from ..errors import InvalidRequest, LockgateError, MethodNotAllowed, NotFound, Unavailable
+from ..settings import Settings
+from .asgi import Receive, Scope, Send, presented_key, read_body, send_json, send_problem
+from .decision import Decider
+from .headers import rate_limit_headers
+from .policy import HttpSpec
+from .proto.envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest
+from .registry import PolicyRegistry
+from .request_data import RequestData, descriptors_for
+from .rls import request_from_proto, response_from_verdict, unknown_domain_response
+from .telemetry import GatewayMetrics
+
+CHECK_PATH: Final = "/check"
+JSON_PATH: Final = "/json"
+DOMAIN_HEADER: Final = b"x-lockgate-domain"
+KEY_HEADER: Final = b"x-lockgate-key"
+
+_ALLOWED_BODY: Final = b""
+_DENIED_BODY: Final = b"rate limited\n"
+
+
+class GatewayHttp:
+    def __init__(
+        self,
+        settings: Settings,
+        keyring: KeyRing,
+        registry: PolicyRegistry,
+        decider: Decider,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._settings = settings
+        self._keyring = keyring
+        self._registry = registry
+        self._decider = decider
+        self._metrics = metrics
+
+    # --- /check ------------------------------------------------------------------------------
+    async def check(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        try:
+            if not self._keyring.open:
+                presented = headers.get(KEY_HEADER)
+                principal = self._keyring.authenticate(presented.decode("latin-1") if presented else None)
+                authorize(principal, limits.GATEWAY_NAMESPACE, "write")
+            domain_name, rest = _domain_and_rest(scope["path"], headers)
+            domain = self._registry.get(domain_name)
+            if domain is None:
+                self._metrics.unknown_domain()
+                raise NotFound(f"no gateway policy for domain {domain_name!r}")
+            client = scope.get("client")
+            request = RequestData(headers, scope["method"], rest, client[0] if client else None)
+            descriptors = descriptors_for(domain.http, request)
+            verdict = await self._decider.decide(domain, descriptors, hits_addend=_hits_addend(domain.http, headers))
+        except LockgateError as error:
+            await send_problem(send, problems.problem_for(error))
+            return
+        status = 200 if verdict.allowed else domain.policy.deny_status
+        response_headers = [(name.encode(), value.encode("latin-1")) for name, value in rate_limit_headers(verdict)]
+        body = _ALLOWED_BODY if verdict.allowed else _DENIED_BODY
+        response_headers.append((b"content-type", b"text/plain; charset=utf-8"))
+        response_headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # --- /json ---------------------------------------------------------------------------------
+    async def json(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed("use POST for /json")
+            if not self._keyring.open:
+                authorize(self._keyring.authenticate(presented_key(headers)), limits.GATEWAY_NAMESPACE, "write")
+            body = await read_body(receive, headers, self._settings.max_body_bytes)
+            try:
+                message = json_format.Parse(body or b"{}", RateLimitRequest())
+            except json_format.ParseError as error:
+                raise InvalidRequest(f"not a RateLimitRequest: {error}") from error
+            domain_name, descriptors, hits_addend = request_from_proto(message)
+            domain = self._registry.get(domain_name)
+            if domain is None:
+                self._metrics.unknown_domain()
+                response = unknown_domain_response(len(descriptors))
+            else:
+                verdict = await self._decider.decide(domain, descriptors, hits_addend=hits_addend)
+                if verdict.failure is not None and not verdict.allowed:
+                    raise Unavailable(f"the store could not decide in time ({verdict.failure}); failure_mode deny")
+                response = response_from_verdict(verdict)
+        except LockgateError as error:
+            await send_problem(send, problems.problem_for(error))
+            return
+        payload = json_format.MessageToJson(response, indent=None).encode()
+        await send_json(send, 429 if response.overall_code == response.OVER_LIMIT else 200, payload)
+
+
+def _domain_and_rest(path: str, headers: dict[bytes, bytes]) -> tuple[str, str]:
+    """/check/{domain}/rest -> (domain, "/rest"); /check alone takes the domain from X-Lockgate-Domain."""
+    tail = path[len(CHECK_PATH) :].lstrip("/")
+    if tail:
+        domain, slash, rest = tail.partition("/")
+        return domain, slash + rest
+    header = headers.get(DOMAIN_HEADER)
+    if not header:
+        raise NotFound("name the domain in the path (/check/{domain}) or in X-Lockgate-Domain")
+    return header.decode("latin-1"), "/"
+
+
+def _hits_addend(spec: HttpSpec, headers: dict[bytes, bytes]) -> int:
+    """1, unless the domain names a header the gateway sets (0 peeks); never from the query."""
+    if spec.hits_addend_header is None:
+        return 1
+    raw = headers.get(spec.hits_addend_header.lower().encode())
+    if raw is None:
+        return 1
+    if not raw.isdigit() or int(raw) > limits.RATE_COST_MAX:
+        raise InvalidRequest(f"{spec.hits_addend_header} is a whole number from 0 to {limits.RATE_COST_MAX}")
+    return int(raw)

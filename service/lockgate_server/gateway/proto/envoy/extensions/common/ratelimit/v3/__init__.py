@@ -1,0 +1,1 @@
+"""Generated protobuf package (see lockgate_server/gateway/proto/README.md)."""

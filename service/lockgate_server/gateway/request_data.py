@@ -1,0 +1,124 @@
+"""Descriptor entries of an HTTP check, from the data a gateway forwards.
+
+nginx auth_request, Traefik ForwardAuth and Envoy ext_authz (HTTP) each forward the
+original request differently: nginx sends X-Original-URI / X-Original-Method when told to,
+Traefik always sends X-Forwarded-Method / -Uri / -Host / -For, and Envoy appends the original
+path to its path_prefix and keeps the method. The sources of policy.EntrySource read all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from .. import limits
+from .decision import RequestDescriptor
+from .policy import EntrySource, HttpSpec
+
+Headers = Mapping[bytes, bytes]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_API_KEY_DIGEST_HEX: Final = 32
+
+
+class RequestData:
+    """One check request's view: its headers (lower-case names), method and the path after the domain."""
+
+    __slots__ = ("client", "headers", "method", "path")
+
+    def __init__(self, headers: Headers, method: str, path: str, client: str | None) -> None:
+        self.headers = headers
+        self.method = method
+        self.path = path
+        self.client = client
+
+    def header(self, name: bytes) -> str | None:
+        raw = self.headers.get(name)
+        return raw.decode("latin-1") if raw else None
+
+
+def descriptors_for(spec: HttpSpec, request: RequestData) -> list[RequestDescriptor]:
+    """One descriptor per configured list whose every entry has a value."""
+    descriptors = []
+    for descriptor in spec.descriptors:
+        entries = []
+        for source in descriptor.entries:
+            value = _value_of(source, spec, request)
+            if value is None:
+                value = source.default
+            if value is None:
+                break
+            entries.append((source.key, _storable(value)))
+        else:
+            descriptors.append(RequestDescriptor(tuple(entries)))
+    return descriptors
+
+
+def _value_of(source: EntrySource, spec: HttpSpec, request: RequestData) -> str | None:
+    reader = _READERS[source.source]
+    return reader(source, spec, request)
+
+
+def _client_ip(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
+    forwarded = request.header(b"x-forwarded-for")
+    if forwarded:
+        first = forwarded.split(",", 1)[0].strip()
+        if first:
+            return first
+    return request.header(b"x-real-ip") or request.client
+
+
+def _api_key(_: EntrySource, spec: HttpSpec, request: RequestData) -> str | None:
+    key = request.header(spec.api_key_header.lower().encode())
+    if not key:
+        return None
+    # The store keeps state keys in its log and snapshots: never a client's secret in the clear.
+    return "sha256:" + hashlib.sha256(key.encode("latin-1")).hexdigest()[:_API_KEY_DIGEST_HEX]
+
+
+def _path(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
+    uri = request.header(b"x-original-uri") or request.header(b"x-forwarded-uri") or request.path
+    return uri.split("?", 1)[0] or "/"
+
+
+def _method(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
+    return request.header(b"x-original-method") or request.header(b"x-forwarded-method") or request.method
+
+
+def _host(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
+    return request.header(b"x-forwarded-host") or request.header(b"host")
+
+
+def _header(source: EntrySource, _: HttpSpec, request: RequestData) -> str | None:
+    assert source.header is not None
+    return request.header(source.header.lower().encode())
+
+
+def _constant(source: EntrySource, _: HttpSpec, __: RequestData) -> str | None:
+    return source.value
+
+
+_READERS: Final[dict[str, Callable[[EntrySource, HttpSpec, RequestData], str | None]]] = {
+    "client_ip": _client_ip,
+    "api_key": _api_key,
+    "path": _path,
+    "method": _method,
+    "host": _host,
+    "header": _header,
+    "value": _constant,
+}
+
+
+def _storable(value: str) -> str:
+    """Values become parts of state keys: no control characters, bounded length.
+
+    Replacing and hashing keep distinct values distinct enough and never drop a descriptor,
+    so an odd header cannot slip a request past its limit.
+    """
+    if _CONTROL.search(value):
+        value = _CONTROL.sub("?", value)
+    if len(value) > limits.GATEWAY_ENTRY_VALUE_MAX_LENGTH:
+        value = "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+    return value
