@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench-engine bench-http bench-sdk bench-state bench-gateway proto clean
+.PHONY: run test lint typecheck unit bench-engine bench-http bench-sdk bench-state bench-gateway bench-locust bench proto clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,27 @@ bench-gateway: $(BENCH_STAMP)
 	fi
 	@command -v wrk >/dev/null 2>&1 || { echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1; }
 	$(BIN)/python -m loadtests.bench_gateway $(BENCH_GATEWAY_ARGS)
+
+## bench-locust: the Locust scenarios (gateway mix, job runners, 8 permits for 200 contenders, counters),
+## headless, 100 users and 30 s each, against a fresh server and Valkey; fails on any correctness violation.
+# `make bench-locust BENCH_LOCUST_ARGS=--quick` for 10 s per scenario.
+bench-locust: $(BENCH_STAMP)
+	$(BIN)/python -m loadtests.scenarios.run $(BENCH_LOCUST_ARGS)
+
+## bench: every benchmark above plus the Locust gateway mix vs limits, the 1..256 concurrency sweep, batch size
+## against load and the shards x clients sweep, in one run; writes loadtests/results/REPORT.md and its plots.
+# `make bench BENCH_ARGS=--quick` takes about 5 minutes, the full run about 15. wrk and etcd come from apt as above.
+bench: $(BENCH_STAMP)
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq >/dev/null || true; \
+			command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null; \
+			command -v etcd >/dev/null 2>&1 || apt-get install -y -qq etcd-server >/dev/null \
+				|| echo "etcd-server could not be installed: the etcd baseline will be skipped"; \
+		fi; \
+	fi
+	@command -v wrk >/dev/null 2>&1 || { echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1; }
+	$(BIN)/python -m loadtests.report $(BENCH_ARGS)
 
 ## proto: regenerate the Envoy rate limit service modules from service/lockgate_server/gateway/proto/**/*.proto
 PROTO_DIR := service/lockgate_server/gateway/proto
