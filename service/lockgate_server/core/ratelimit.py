@@ -62,11 +62,6 @@ def check(state: RateState | None, cmd: RateSpec, now_ms: int) -> tuple[RateStat
     return _sliding(window, cmd, now_ms)
 
 
-def is_full(state: RateState, now_ms: int) -> bool:
-    """A full bucket is the same as no state at all, so it can be dropped."""
-    return reset_at_ms(state) <= now_ms
-
-
 def reset_at_ms(state: RateState) -> int:
     """When the key returns to full if nothing more is charged."""
     if isinstance(state, GcraState):
