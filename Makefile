@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench-engine bench-http bench-sdk bench-state bench-gateway bench-locust bench proto clean
+.PHONY: run test lint typecheck unit bench-engine bench-http bench-sdk bench-state bench-gateway bench-locust bench bench-tools proto clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,14 +36,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-## bench-engine: the engine against redis-py's Lock and limits, same Valkey, same run
-bench-engine: $(BENCH_STAMP)
-	$(BIN)/python -m loadtests.bench_engine
-
-## bench-http: wrk against the HTTP server vs bare ASGI, Litestar, redis-py, limits and etcd, same Valkey
-# wrk (and etcd-server for the etcd baseline, skipped if it cannot be installed) come from apt
-# when missing and we are root. `make bench-http BENCH_HTTP_ARGS=--quick` for a 3 s-per-scenario run.
-bench-http: $(BENCH_STAMP)
+# bench-tools: wrk, and etcd-server for the etcd baseline (skipped if it cannot be installed),
+# from apt when missing and we are root.
+bench-tools:
 	@if ! command -v wrk >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			apt-get update -qq >/dev/null || true; \
@@ -53,6 +48,14 @@ bench-http: $(BENCH_STAMP)
 		fi; \
 	fi
 	@command -v wrk >/dev/null 2>&1 || { echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1; }
+
+## bench-engine: the engine against redis-py's Lock and limits, same Valkey, same run
+bench-engine: $(BENCH_STAMP)
+	$(BIN)/python -m loadtests.bench_engine
+
+## bench-http: wrk against the HTTP server vs bare ASGI, Litestar, redis-py, limits and etcd, same Valkey
+# `make bench-http BENCH_HTTP_ARGS=--quick` for a 3 s-per-scenario run.
+bench-http: $(BENCH_STAMP) bench-tools
 	$(BIN)/python -m loadtests.bench_http $(BENCH_HTTP_ARGS)
 
 ## bench-sdk: AsyncClient through the HTTP server vs redis-py's Lock and limits, same Valkey
@@ -64,12 +67,8 @@ bench-state: $(BENCH_STAMP)
 	$(BIN)/python -m loadtests.bench_state
 
 ## bench-gateway: the gateway check endpoint (wrk) and the Envoy RLS gRPC API vs limits, same Valkey
-# wrk comes from apt when missing and we are root. `make bench-gateway BENCH_GATEWAY_ARGS=--quick` for a short run.
-bench-gateway: $(BENCH_STAMP)
-	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq >/dev/null || true; apt-get install -y -qq wrk >/dev/null; \
-	fi
-	@command -v wrk >/dev/null 2>&1 || { echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1; }
+# `make bench-gateway BENCH_GATEWAY_ARGS=--quick` for a short run.
+bench-gateway: $(BENCH_STAMP) bench-tools
 	$(BIN)/python -m loadtests.bench_gateway $(BENCH_GATEWAY_ARGS)
 
 ## bench-locust: the Locust scenarios (gateway mix, job runners, 8 permits for 200 contenders, counters),
@@ -80,17 +79,8 @@ bench-locust: $(BENCH_STAMP)
 
 ## bench: every benchmark above plus the Locust gateway mix vs limits, the 1..256 concurrency sweep, batch size
 ## against load and the shards x clients sweep, in one run; writes loadtests/results/REPORT.md and its plots.
-# `make bench BENCH_ARGS=--quick` takes about 5 minutes, the full run about 15. wrk and etcd come from apt as above.
-bench: $(BENCH_STAMP)
-	@if ! command -v wrk >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq >/dev/null || true; \
-			command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null; \
-			command -v etcd >/dev/null 2>&1 || apt-get install -y -qq etcd-server >/dev/null \
-				|| echo "etcd-server could not be installed: the etcd baseline will be skipped"; \
-		fi; \
-	fi
-	@command -v wrk >/dev/null 2>&1 || { echo "wrk is missing: apt-get install wrk (as root)" >&2; exit 1; }
+# `make bench BENCH_ARGS=--quick` takes about 5 minutes, the full run about 15.
+bench: $(BENCH_STAMP) bench-tools
 	$(BIN)/python -m loadtests.report $(BENCH_ARGS)
 
 ## proto: regenerate the Envoy rate limit service modules from service/lockgate_server/gateway/proto/**/*.proto

@@ -23,16 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import contextlib
 import json
 import multiprocessing
 import os
 import random
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -42,6 +39,7 @@ from typing import Any
 import httpx
 import redis.asyncio as redis
 
+from lockgate_server.harness import ServerProcess
 from lockgate_server.storage.embedded import EmbeddedValkey, free_port
 
 from .common import CpuWatch, Measurement, filesystem_of, machine_facts, percentile, run_closed_loop
@@ -122,51 +120,25 @@ async def run_limits(valkey: EmbeddedValkey, args: argparse.Namespace) -> Measur
     return measurement
 
 
+SHARDS = 64  # the default a user gets
+
+
 # --- the server ---------------------------------------------------------------------------------------
-class Server:
-    """`python -m lockgate_server` on the benchmark's Valkey, in its own process group."""
+class Server(ServerProcess):
+    """`python -m lockgate_server` on the benchmark's Valkey, with the benchmark's policy."""
 
     def __init__(self, folder: Path, valkey: EmbeddedValkey) -> None:
-        self.port = free_port()
         self.grpc_port = free_port()
         policy = folder / "gateway.yaml"
         policy.write_text(POLICY)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LOCKGATE_")}
-        env.update(
-            {
-                "LOCKGATE_REDIS_URL": valkey.url,
-                "LOCKGATE_PORT": str(self.port),
-                "LOCKGATE_GRPC_PORT": str(self.grpc_port),
-                "LOCKGATE_POLICY_FILES": str(policy),
-                "LOCKGATE_LOG_LEVEL": "warning",
-            }
-        )
-        self.log_path = folder / "server.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "lockgate_server"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit(f"the server was not ready within 60 s: {self.log_path.read_text()[-3000:]}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        env = {
+            "LOCKGATE_REDIS_URL": valkey.url,
+            "LOCKGATE_GRPC_PORT": str(self.grpc_port),
+            "LOCKGATE_POLICY_FILES": str(policy),
+            "LOCKGATE_LOG_LEVEL": "warning",
+        }
+        super().__init__(folder / "server", env=env, shards=SHARDS)
+        self.start()
 
     def cpu_seconds(self) -> float:
         """User + system CPU of every process of the server's group (granian and its worker)."""
@@ -180,7 +152,7 @@ class Server:
             except OSError:
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == self.process.pid:
+            if int(fields[2]) == self.pgid:
                 total += int(fields[11]) + int(fields[12])
         return total / ticks
 
@@ -193,15 +165,6 @@ class Server:
         ):
             counts[match.group(1)] = counts.get(match.group(1), 0.0) + float(match.group(2))
         return counts
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 class Usage:

@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +22,8 @@ import redis.asyncio as redis
 import uvloop
 from lockgate import AsyncClient
 
-from lockgate_server.storage.embedded import EmbeddedValkey, free_port
+from lockgate_server.harness import ServerProcess
+from lockgate_server.storage.embedded import EmbeddedValkey
 
 from .bench_engine import run_limits_checks, run_redis_py_lock_pairs
 from .common import CpuWatch, Measurement, machine_facts, run_closed_loop
@@ -36,37 +31,6 @@ from .common import CpuWatch, Measurement, machine_facts, run_closed_loop
 RESULTS = Path(__file__).parent / "results" / "sdk.json"
 TASKS = 64
 KEYS = 10_000
-
-
-class Server:
-    """lockgate-server as the README starts it, pointed at the benchmark's Valkey."""
-
-    def __init__(self, redis_url: str, data_dir: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "LOCKGATE_PORT": str(self.port), "LOCKGATE_REDIS_URL": redis_url,
-               "LOCKGATE_DATA_DIR": data_dir, "LOCKGATE_LOG_LEVEL": "warning"}  # fmt: skip
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lockgate_server"], env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the server did not become ready")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 async def sdk_workloads(url: str, args: argparse.Namespace) -> list[Measurement]:
@@ -146,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         args.seconds, args.warmup = 2.0, 0.5
     measurements: dict[str, Measurement] = {}
     with tempfile.TemporaryDirectory() as folder, EmbeddedValkey(Path(folder) / "valkey") as valkey:
-        server = Server(valkey.url, folder)
+        env = {"LOCKGATE_REDIS_URL": valkey.url, "LOCKGATE_LOG_LEVEL": "warning"}
+        server = ServerProcess(Path(folder) / "server", env=env, shards=64).start()
         try:
             for measurement in uvloop.run(sdk_workloads(server.url, args)):
                 measurements[measurement.name] = measurement
