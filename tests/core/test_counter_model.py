@@ -25,18 +25,14 @@ from lockgate_server.core.ops import (
 from lockgate_server.core.shard_state import ShardState
 from lockgate_server.limits import IDEMPOTENCY_WINDOW_MS
 
+from .modeling import NAMESPACE, START_MS, key_of
+
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-NAMESPACE = "ns"
 NAMES = ("c1", "c2")
-START_MS = 1_000_000
 
 EDGES = [INT64_MIN, INT64_MIN + 1, -1, 0, 1, INT64_MAX - 1, INT64_MAX]
 int64s = st.one_of(st.integers(-5, 5), st.sampled_from(EDGES), st.integers(INT64_MIN, INT64_MAX))
-
-
-def key_of(name: str) -> str:
-    return f"{NAMESPACE}/{name}"
 
 
 def near(value: int) -> st.SearchStrategy[int]:

@@ -44,22 +44,9 @@ from lockgate_server.core.ops import (
 from lockgate_server.core.shard_state import Applied, ShardState
 from lockgate_server.limits import IDEMPOTENCY_WINDOW_MS
 
-NAMESPACE = "ns"
+from .modeling import NAMESPACE, START_MS, key_of, summary
+
 NAMES = ("a", "b")
-START_MS = 1_000_000
-
-
-def key_of(name: str) -> str:
-    return f"{NAMESPACE}/{name}"
-
-
-def summary(result: Result) -> object:
-    """What must match between core and model: failures by code and hint, grants without token."""
-    if isinstance(result, Failure):
-        return ("failure", result.code, result.retry_after_ms)
-    if isinstance(result, Granted):
-        return ("granted", result.lease_id, result.ttl_ms, result.permits)
-    return result
 
 
 # --- the reference model ---------------------------------------------------------------

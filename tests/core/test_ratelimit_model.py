@@ -32,9 +32,9 @@ from lockgate_server.core.ops import (
 from lockgate_server.core.shard_state import ShardState
 from lockgate_server.core.wheel import BUCKET_MS
 
-NAMESPACE = "ns"
+from .modeling import NAMESPACE, START_MS
+
 KEY = f"{NAMESPACE}/k"
-START_MS = 1_000_000
 
 # One step of a history: (what, time advance in ms, cost).
 STEP_KINDS = st.sampled_from(["check"] * 6 + ["peek", "expire", "reset"])

@@ -40,22 +40,10 @@ from lockgate_server.core.ops import (
 from lockgate_server.core.shard_state import Applied, ShardState
 from lockgate_server.limits import IDEMPOTENCY_WINDOW_MS
 
-NAMESPACE = "ns"
+from .modeling import NAMESPACE, START_MS, key_of, summary
+
 LIMITS = {"p": 3, "q": 2}
 NAMES = tuple(LIMITS)
-START_MS = 1_000_000
-
-
-def key_of(name: str) -> str:
-    return f"{NAMESPACE}/{name}"
-
-
-def summary(result: Result) -> object:
-    if isinstance(result, Failure):
-        return ("failure", result.code, result.retry_after_ms)
-    if isinstance(result, Granted):
-        return ("granted", result.lease_id, result.ttl_ms, result.permits)
-    return result
 
 
 # --- the reference model ---------------------------------------------------------------
