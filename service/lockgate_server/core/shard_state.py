@@ -99,6 +99,14 @@ def object_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def _add(counts: dict[str, int], namespace: str, delta: int) -> None:
+    left = counts.get(namespace, 0) + delta
+    if left:
+        counts[namespace] = left
+    else:
+        counts.pop(namespace, None)
+
+
 def _memory_key(kind: str, namespace: str, name: str, request_id: str) -> str:
     return f"{kind}/{namespace}/{name}#{request_id}"
 
@@ -112,7 +120,7 @@ def _kind_of(cmd: Command) -> str:
 
 
 class ShardState:
-    def __init__(self, shard: int) -> None:
+    def __init__(self, shard: int, tally: dict[str, int] | None = None) -> None:
         self.shard = shard
         self.lsn = 0
         self.last_now_ms = 0
@@ -125,6 +133,9 @@ class ShardState:
         self._deadlines: list[tuple[int, str, str]] = []  # lease pools: (at_ms, kind, key)
         self._rate_wheel = ExpiryWheel()  # rate-limit keys, by when they are full again
         self.objects_per_namespace: dict[str, int] = {}
+        # Objects per namespace summed over every shard of a node, so the quota check on a
+        # create is one lookup instead of a sum over all shards.
+        self._tally: dict[str, int] = tally if tally is not None else {}
 
     # --- the one entry point ---------------------------------------------------------
     def apply(self, cmd: Command, now_ms: int) -> Applied:
@@ -315,17 +326,27 @@ class ShardState:
     def _put(self, table: dict[str, Any], key: str, value: Any) -> None:
         if key not in table:
             namespace = key.partition("/")[0]
-            self.objects_per_namespace[namespace] = self.objects_per_namespace.get(namespace, 0) + 1
+            _add(self.objects_per_namespace, namespace, 1)
+            _add(self._tally, namespace, 1)
         table[key] = value
 
     def _remove(self, table: dict[str, Any], key: str) -> None:
         if table.pop(key, _ABSENT) is not _ABSENT:
             namespace = key.partition("/")[0]
-            left = self.objects_per_namespace[namespace] - 1
-            if left:
-                self.objects_per_namespace[namespace] = left
-            else:
-                del self.objects_per_namespace[namespace]
+            _add(self.objects_per_namespace, namespace, -1)
+            _add(self._tally, namespace, -1)
+
+    def attach(self, tally: dict[str, int]) -> None:
+        """Count this shard's objects in a node's `tally` from now on."""
+        self._tally = tally
+        for namespace, count in self.objects_per_namespace.items():
+            _add(tally, namespace, count)
+
+    def detach(self) -> None:
+        """Take this shard's objects out of the node's tally (the state is being replaced)."""
+        for namespace, count in self.objects_per_namespace.items():
+            _add(self._tally, namespace, -count)
+        self._tally = {}
 
     def creates_object(self, cmd: Command) -> str | None:
         """The namespace `cmd` would add a new object to, if it would (a read of state)."""
@@ -349,7 +370,10 @@ class ShardState:
             for key in table:
                 namespace = key.partition("/")[0]
                 counts[namespace] = counts.get(namespace, 0) + 1
+        tally = self._tally
+        self.detach()
         self.objects_per_namespace = counts
+        self.attach(tally)
 
     # --- idempotency memory -------------------------------------------------------------------
     def _forget_old_answers(self, now_ms: int) -> None:

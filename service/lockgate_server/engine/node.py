@@ -118,7 +118,8 @@ class Engine:
         self._clock = clock or WallClock()
         self._last_now_ms = 0
         owned = self.config.owned if self.config.owned is not None else range(self.config.shard_count)
-        self._slots: dict[int, Slot] = {shard: Slot(shard) for shard in owned}
+        self._object_tally: dict[str, int] = {}  # objects per namespace over every slot below
+        self._slots: dict[int, Slot] = {shard: Slot(shard, self._object_tally) for shard in owned}
         self._pending = PendingCommit()
         self._wakeup = asyncio.Event()
         self._in_flight: collections.deque[tuple[PendingCommit, list[ShardAppend], asyncio.Future[Any], float]] = (
@@ -200,7 +201,7 @@ class Engine:
 
     def objects_in(self, namespace: str) -> int:
         """Objects the namespace holds on this node (speculative state included)."""
-        return sum(slot.state.objects_per_namespace.get(namespace, 0) for slot in self._slots.values())
+        return self._object_tally.get(namespace, 0)
 
     # --- the hot path ---------------------------------------------------------------------------
     async def execute(self, cmd: Command) -> tuple[Result, int]:
@@ -477,6 +478,8 @@ class Engine:
         _replay(slot.shard, state, history.snapshot_lsn, history.records, history.lsn)
         if self._stopping:
             raise Unavailable("the node is shutting down")
+        slot.state.detach()
+        state.attach(self._object_tally)
         slot.state = state
         slot.epoch = taken.epoch
         slot.sealed_lsn = state.lsn

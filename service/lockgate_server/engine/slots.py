@@ -49,9 +49,9 @@ class Slot:
         "status",
     )
 
-    def __init__(self, shard: int) -> None:
+    def __init__(self, shard: int, tally: dict[str, int]) -> None:
         self.shard = shard
-        self.state = ShardState(shard)
+        self.state = ShardState(shard, tally)
         self.status = SlotStatus.LOADING
         self.epoch = 0
         self.generation = 0  # bumped whenever speculative state is thrown away
