@@ -656,6 +656,52 @@ def headline_table(rows: list[Row]) -> list[str]:
     )
 
 
+# (target, multiplier, peer's scenario and bench, HTTP requests per counted op)
+_CEILING_CHECKS: list[tuple[str, float, str, str, int]] = [
+    ("HTTP lock pairs/s ≥ 1.5x etcd 3.4", 1.5, "etcd_lock_pairs", "http", 2),
+    ("HTTP lock pairs/s ≥ 1.5x redis-py `Lock`", 1.5, "redis_py_lock_pairs", "http", 2),
+    ("HTTP single checks/s ≥ 1.5x `limits`", 1.5, "limits_checks", "http", 1),
+    ("Gateway check endpoint ≥ 1.5x `limits`", 1.5, "limits_checks", "gateway", 1),
+]
+
+
+def ceiling_rows(document: dict[str, Any]) -> tuple[float, list[list[str]]]:
+    """Per ratio target over plain HTTP: the request rate it asks of one worker, against the
+    rate the bare-ASGI hello-world (the same decode and encode, no work) reached in the same run.
+    Above that ceiling no one-worker HTTP server can meet the target on this machine."""
+    http = _bench(document, "http") or {}
+    ceiling = (http.get("scenarios", {}).get("bare_asgi_hello") or {}).get("requests_per_s")
+    if not ceiling:
+        return 0.0, []
+    rows = []
+    for label, multiplier, peer, bench, requests_per_op in _CEILING_CHECKS:
+        found = _bench(document, bench) or {}
+        row = (found.get("scenarios") or found.get("workloads") or {}).get(peer) or {}
+        if not row.get("ops_per_s"):
+            continue
+        needed = multiplier * row["ops_per_s"] * requests_per_op
+        verdict = "above the ceiling: out of reach for one worker here" if needed > ceiling else "below the ceiling"
+        rows.append([label, f"{_n(needed)} req/s", f"{_n(100 * needed / ceiling)}%", verdict])
+    return ceiling, rows
+
+
+def _ceiling_section(document: dict[str, Any]) -> list[str]:
+    ceiling, rows = ceiling_rows(document)
+    if not rows:
+        return []
+    return [
+        "## Which ratio targets one worker can reach here",
+        "",
+        f"The bare ASGI app on one granian worker (decode and encode a check, nothing else) answered "
+        f"{_n(ceiling)} req/s in this run: the most any one-worker HTTP service can answer on this machine with "
+        "this load generator. redis-py and `limits` are measured as their users call them, straight to Valkey "
+        "with no HTTP in between, so a ratio over them asks for this many HTTP requests per second:",
+        "",
+        *_table(["target", "asks for", "of the ceiling", "so"], rows),
+        "",
+    ]
+
+
 def shard_findings(document: dict[str, Any]) -> list[str]:
     rows = (document.get("shards") or {}).get("rows", [])
     findings: list[str] = []
@@ -734,6 +780,7 @@ def render(document: dict[str, Any], folder: Path) -> dict[str, Any]:
         lines += [f"- {detail}" for detail in checked["details"][:20]]
         lines.append("")
     lines += _bench_status(document)
+    lines += _ceiling_section(document)
     if "peers" in drawn:
         lines += [
             "## Throughput against each peer",
