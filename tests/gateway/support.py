@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from lockgate_server.harness import ServerProcess
@@ -11,7 +13,30 @@ FIXTURES = Path(__file__).parent / "fixtures" / "envoy-ratelimit"
 """Unchanged copies of envoyproxy/ratelimit's files (see the README there); test_loading checks them."""
 SHARED_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "envoy-ratelimit"
 
-__all__ = ["FIXTURES", "SHARED_FIXTURES", "GatewayServer", "free_port"]
+__all__ = ["FIXTURES", "KEYS", "SHARED_FIXTURES", "GatewayServer", "api_keys", "free_port"]
+
+KEYS = {
+    "gateway-writer": ("gateway", "write"),
+    "gateway-reader": ("gateway", "read"),
+    "other-writer": ("billing", "write"),
+    "operator": ("*", "admin"),
+}
+"""API keys by their secret: (namespace, right); api_keys() configures them all."""
+
+
+def api_keys() -> str:
+    """LOCKGATE_API_KEYS for KEYS."""
+    return json.dumps(
+        [
+            {
+                "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                "namespaces": [namespace],
+                "rights": [right],
+                "name": key,
+            }
+            for key, (namespace, right) in KEYS.items()
+        ]
+    )
 
 
 class GatewayServer(ServerProcess):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 
 import grpc
 import httpx
@@ -14,28 +12,9 @@ from lockgate_server.gateway.proto.envoy.extensions.common.ratelimit.v3.ratelimi
 from lockgate_server.gateway.proto.envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from .conftest import StartServer
+from .support import api_keys
 
 POLICY = "domain: api\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: day, requests_per_unit: 100}\n"
-KEYS = {
-    "gateway-writer": ("gateway", "write"),
-    "gateway-reader": ("gateway", "read"),
-    "other-writer": ("billing", "write"),
-    "operator": ("*", "admin"),
-}
-
-
-def api_keys() -> str:
-    return json.dumps(
-        [
-            {
-                "sha256": hashlib.sha256(key.encode()).hexdigest(),
-                "namespaces": [namespace],
-                "rights": [right],
-                "name": key,
-            }
-            for key, (namespace, right) in KEYS.items()
-        ]
-    )
 
 
 async def should_rate_limit(target: str, key: str | None) -> grpc.StatusCode:

@@ -148,6 +148,7 @@ def test_the_json_twin_answers_like_envoyproxy_ratelimit(client: httpx.Client) -
     assert unknown.status_code == 200 and unknown.json()["statuses"] == [{"code": "OK"}]
     assert client.post("/json", json={"domain": "rl"}).status_code == 422
     assert client.post("/json", content=b"{not json").status_code == 422
+    assert client.post("/json", content=b"\xff{}").status_code == 422  # not UTF-8: was a 500
     assert client.get("/json").status_code == 405
 
 

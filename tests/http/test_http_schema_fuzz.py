@@ -1,9 +1,5 @@
 """Schemathesis against the served /openapi.json: valid and invalid input alike never gets
-a 5xx, and every answer matches the schema the server publishes.
-
-schemathesis' lazy pytest integration (`schemathesis.pytest.from_fixture`) breaks on pytest 9
-(`'Function' object has no attribute '_nodeid'`), so each operation runs its own Hypothesis
-test on `APIOperation.as_strategy()`, once with valid and once with invalid data.
+a 5xx, and every answer matches the schema the server publishes (how: tests/schema_fuzz.py).
 """
 
 from __future__ import annotations
@@ -12,17 +8,17 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from lockgate_server.api.operations import ROUTES
+from schema_fuzz import FUZZ_SETTINGS
 
 # Generated acquires may ask to wait minutes on a lock another example holds; cap the wait
 # (a deployment setting) so the run stays short. Validation bounds are unchanged.
 SERVER_ENV = {"LOCKGATE_MAX_WAIT_MS": "50"}
-MAX_EXAMPLES = 25
 OPERATIONS = [(route.method, route.path) for route in ROUTES] + [("POST", "/v1/batch")]
 CHECKS = [not_a_server_error, response_schema_conformance]
 
@@ -45,13 +41,7 @@ def test_no_server_error_and_schema_conformant_answers(
     operation = api_schema[path][method]
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @FUZZ_SETTINGS
     def run(case: Any) -> None:
         case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=10)
 

@@ -13,13 +13,14 @@ from litestar.exceptions import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..gateway.loader import PolicyError
+from ..gateway.openapi import gateway_openapi
 from ..gateway.service import Gateway
 from ..runtime import Runtime
 from ..settings import Settings, load_settings
 from .auth import KeyRing
 from .dispatch import Dispatcher, Receive, Scope, Send
 from .metrics import Metrics
-from .openapi import openapi_document
+from .openapi import ApiPart, openapi_document
 from .problems import PROBLEM_BASE
 
 log = logging.getLogger("lockgate")
@@ -32,6 +33,8 @@ _SERVICE_PATHS: dict[str, Any] = {
                         "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
     "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "tags": ["service"],
                          "security": [{}], "responses": {"200": {"description": "Text exposition format"}}}},
+    "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "tags": ["service"],
+                              "security": [{}], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
 }  # fmt: skip
 
 
@@ -49,7 +52,7 @@ class LockgateApp:
             self.gateway = Gateway(settings, self.keyring, self.runtime.current_engine, self.metrics)
         except PolicyError as error:
             raise SystemExit(f"gateway policies: {error}") from error
-        self.openapi = openapi_document(_SERVICE_PATHS)
+        self.openapi = openapi_document(ApiPart(paths=_SERVICE_PATHS), gateway_openapi())
         self.litestar = self._build_litestar()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

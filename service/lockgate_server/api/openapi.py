@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import msgspec
 
 from .. import __version__, limits
+from ..errors import LockgateError, RetryableError
 from . import schemas
 from .operations import ROUTES
+from .problems import PROBLEM_TABLE
 
-_REF = "#/components/schemas/{name}"
+REF_TEMPLATE: Final = "#/components/schemas/{name}"
+RETRY_AFTER: Final = {"description": "Seconds to wait before a retry", "schema": {"type": "integer", "minimum": 1}}
 _PROBLEM_STATUSES = {
     "400": "Malformed body",
     "401": "Missing or unknown API key",
@@ -28,18 +33,48 @@ _PATH_PARAMETERS = {
 }
 
 
-def _content(ref: dict[str, Any], media_types: tuple[str, ...]) -> dict[str, Any]:
-    return {media: {"schema": ref} for media in media_types}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiPart:
+    """Paths served beside the /v1 route table, with the components they refer to."""
+
+    paths: dict[str, Any]
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)  # "schemas", "responses", ...
 
 
-def openapi_document(extra_paths: dict[str, Any]) -> dict[str, Any]:
+def content(schema: dict[str, Any], media_types: Iterable[str]) -> dict[str, Any]:
+    return {media: {"schema": schema} for media in media_types}
+
+
+def problem_responses(errors: Iterable[type[LockgateError]], problem: dict[str, Any]) -> dict[str, Any]:
+    """One problem+json response per status the errors are answered with (PROBLEM_TABLE), by their titles."""
+    titles: dict[int, list[str]] = {}
+    retryable: set[int] = set()
+    for error in errors:
+        status, title = next((status, title) for kind, status, _, title in PROBLEM_TABLE if issubclass(error, kind))
+        if title not in titles.setdefault(status, []):
+            titles[status].append(title)
+        if issubclass(error, RetryableError):
+            retryable.add(status)
+    responses: dict[str, Any] = {}
+    for status in sorted(titles):
+        response = {
+            "description": "; ".join(titles[status]),
+            "content": content(problem, ("application/problem+json",)),
+        }
+        if status in retryable:
+            response["headers"] = {"Retry-After": RETRY_AFTER}
+        responses[str(status)] = response
+    return responses
+
+
+def openapi_document(*parts: ApiPart) -> dict[str, Any]:
     types: list[Any] = [schemas.Problem, schemas.BatchRequest, schemas.BatchResponse]
     for route in ROUTES:
         types += [t for t in (route.body, route.query, route.response) if t is not None]
-    refs, components = msgspec.json.schema_components(types, ref_template=_REF)
+    refs, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     ref_of = dict(zip(types, refs, strict=True))
-    problem_responses = {
-        status: {"description": text, "content": _content(ref_of[schemas.Problem], ("application/problem+json",))}
+    v1_problems = {
+        status: {"description": text, "content": content(ref_of[schemas.Problem], ("application/problem+json",))}
         for status, text in _PROBLEM_STATUSES.items()
     }
     paths: dict[str, Any] = {}
@@ -52,8 +87,8 @@ def openapi_document(extra_paths: dict[str, Any]) -> dict[str, Any]:
         if route.query is not None:
             query_schema = components[route.query.__name__]
             parameters += [
-                {"name": field, "in": "query", "required": field in query_schema.get("required", []), "schema": schema}
-                for field, schema in query_schema["properties"].items()
+                {"name": name, "in": "query", "required": name in query_schema.get("required", []), "schema": schema}
+                for name, schema in query_schema["properties"].items()
             ]
         operation: dict[str, Any] = {
             "operationId": route.operation,
@@ -63,15 +98,15 @@ def openapi_document(extra_paths: dict[str, Any]) -> dict[str, Any]:
             "responses": {
                 "200": {
                     "description": "Done",
-                    "content": _content(ref_of[route.response], ("application/json", "application/msgpack")),
+                    "content": content(ref_of[route.response], ("application/json", "application/msgpack")),
                 },
-                **problem_responses,
+                **v1_problems,
             },
         }
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.body is not schemas.RateReset,
-                "content": _content(ref_of[route.body], ("application/json", "application/msgpack")),
+                "content": content(ref_of[route.body], ("application/json", "application/msgpack")),
             }
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     paths["/v1/batch"] = {
@@ -79,17 +114,27 @@ def openapi_document(extra_paths: dict[str, Any]) -> dict[str, Any]:
             "operationId": "batch",
             "summary": "Many operations in one request; one result per op, in order, each on its own",
             "tags": ["batch"],
-            "requestBody": {"required": True, "content": _content(ref_of[schemas.BatchRequest], ("application/json",))},
+            "requestBody": {"required": True, "content": content(ref_of[schemas.BatchRequest], ("application/json",))},
             "responses": {
                 "200": {
                     "description": "Results",
-                    "content": _content(ref_of[schemas.BatchResponse], ("application/json",)),
+                    "content": content(ref_of[schemas.BatchResponse], ("application/json",)),
                 },
-                **problem_responses,
+                **v1_problems,
             },
         }
     }
-    paths.update(extra_paths)
+    sections: dict[str, dict[str, Any]] = {
+        "schemas": components,
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+    }
+    for part in parts:
+        _merge(paths, part.paths)
+        for section, items in part.components.items():
+            _merge(sections.setdefault(section, {}), items)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -98,12 +143,13 @@ def openapi_document(extra_paths: dict[str, Any]) -> dict[str, Any]:
             "description": "Durable locks, semaphores, counters, rate limits",
         },
         "paths": paths,
-        "components": {
-            "schemas": components,
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-            },
-        },
+        "components": sections,
         "security": [{"bearer": []}, {"apiKey": []}, {}],
     }
+
+
+def _merge(into: dict[str, Any], part: dict[str, Any]) -> None:
+    """Parts may share a component (generated from the same struct), never define one name twice."""
+    for name, value in part.items():
+        if into.setdefault(name, value) != value:
+            raise ValueError(f"two different definitions of {name!r} in the OpenAPI document")

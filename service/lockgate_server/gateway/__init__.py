@@ -11,6 +11,7 @@ headers       RateLimit / RateLimit-Policy / X-RateLimit-* / Retry-After from a 
 telemetry     metrics per domain and configured limit, never per key
 http_check    the check endpoint (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz) and /json
 admin         /v1/admin/policies: runtime changes and resets
+openapi       their part of /openapi.json, from the same tables, structs and messages
 rls           the Envoy rate limit service (gRPC), messages from proto/
 service       wires them together for the app and its lifespan
 """

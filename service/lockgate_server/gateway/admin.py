@@ -13,6 +13,7 @@ restart, after the store has it (so it survives restarts; registry.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
@@ -20,16 +21,34 @@ import msgspec
 from .. import limits
 from ..api import problems
 from ..api.auth import KeyRing, authorize
-from ..errors import InvalidRequest, LockgateError, MethodNotAllowed, NotFound
+from ..errors import (
+    Forbidden,
+    InvalidRequest,
+    LockgateError,
+    MethodNotAllowed,
+    NotFound,
+    OutcomeUnknown,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from ..settings import Settings
 from .asgi import Receive, Scope, Send, presented_key, read_body, send_json, send_problem
 from .decision import Decider, RequestDescriptor
 from .loader import PolicyError, parse_policies, policy_from_mapping
 from .policy import DomainPolicy, EntryKey, EntryValue
-from .registry import PolicyRegistry
+from .registry import PolicyRegistry, Source
 from .rls import check_entries
 
 ADMIN_PATH: Final = "/v1/admin/policies"
+POLICY_MEDIA_TYPES: Final = {
+    "application/yaml": ".yaml",
+    "application/x-yaml": ".yaml",
+    "text/yaml": ".yaml",
+    "application/toml": ".toml",
+    "text/toml": ".toml",
+}
+"""A PUT body of these types is read as a policy file of that suffix; any other as JSON."""
 
 
 class Entry(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,13 +66,13 @@ class ResetRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class PolicyView(msgspec.Struct, kw_only=True):
     domain: str
-    source: str  # "file" or "runtime"
+    source: Source
     policy: DomainPolicy
 
 
 class DomainSummary(msgspec.Struct, kw_only=True):
     domain: str
-    source: str
+    source: Source
 
 
 class DomainList(msgspec.Struct, kw_only=True):
@@ -63,13 +82,74 @@ class DomainList(msgspec.Struct, kw_only=True):
 class Deleted(msgspec.Struct, kw_only=True):
     domain: str
     removed: bool
-    in_force: str | None  # what serves the domain now: "file", or None
+    in_force: Source | None  # what serves the domain now: its file's policy, or nothing
 
 
 class ResetDone(msgspec.Struct, kw_only=True):
     reset: int
     lsn: int
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminRoute:
+    """One admin operation: PolicyAdmin dispatches on `operation`, /openapi.json documents it."""
+
+    operation: str
+    method: str
+    path: str  # "{domain}" stands for one path segment
+    summary: str
+    response: type[msgspec.Struct]
+    body: type[msgspec.Struct] | None = None  # JSON; a policy may come as YAML or TOML too
+    errors: tuple[type[LockgateError], ...] = ()  # besides ADMIN_ERRORS
+
+
+ADMIN_ERRORS: Final = (Unauthorized, Forbidden)
+"""Every admin operation needs the admin right on the namespace "gateway"."""
+_DOMAIN_PATH: Final = ADMIN_PATH + "/{domain}"
+ADMIN_ROUTES: Final = (
+    AdminRoute(
+        operation="policies.list",
+        method="GET",
+        path=ADMIN_PATH,
+        summary="Every domain in force and where its policy comes from",
+        response=DomainList,
+    ),
+    AdminRoute(
+        operation="policies.get",
+        method="GET",
+        path=_DOMAIN_PATH,
+        summary="One domain's policy",
+        response=PolicyView,
+        errors=(NotFound,),
+    ),
+    AdminRoute(
+        operation="policies.put",
+        method="PUT",
+        path=_DOMAIN_PATH,
+        summary="Replace the domain's policy at once, without a restart (JSON; YAML or TOML by Content-Type)",
+        response=PolicyView,
+        body=DomainPolicy,
+        errors=(InvalidRequest, PayloadTooLarge, Unavailable),
+    ),
+    AdminRoute(
+        operation="policies.delete",
+        method="DELETE",
+        path=_DOMAIN_PATH,
+        summary="Drop the domain's runtime policy (the file's, if any, is in force again)",
+        response=Deleted,
+        errors=(Unavailable,),
+    ),
+    AdminRoute(
+        operation="policies.reset",
+        method="POST",
+        path=_DOMAIN_PATH + "/reset",
+        summary="Forget the state the descriptors' limits keep (they are full again)",
+        response=ResetDone,
+        body=ResetRequest,
+        errors=(NotFound, InvalidRequest, PayloadTooLarge, Unavailable, OutcomeUnknown),
+    ),
+)
+_BY_METHOD_AND_PATH: Final = {(route.method, route.path): route for route in ADMIN_ROUTES}
 
 _encoder = msgspec.json.Encoder()
 _reset_decoder = msgspec.json.Decoder(ResetRequest)
@@ -93,30 +173,28 @@ class PolicyAdmin:
         await send_json(send, 200, _encoder.encode(answer))
 
     async def _route(self, method: str, path: str, receive: Receive, headers: dict[bytes, bytes]) -> msgspec.Struct:
-        parts = path[len(ADMIN_PATH) :].strip("/").split("/") if path != ADMIN_PATH else []
-        if not parts:
-            if method != "GET":
-                raise MethodNotAllowed("use GET to list the domains")
-            summaries = [DomainSummary(domain=name, source=source) for name, source in self._registry.domains()]
-            return DomainList(domains=summaries)
-        domain = parts[0]
-        if len(parts) == 2 and parts[1] == "reset":
-            if method != "POST":
-                raise MethodNotAllowed("use POST to reset")
-            return await self._reset(domain, await self._body(receive, headers))
-        if len(parts) != 1:
-            raise NotFound(f"no route {path}")
-        if method == "GET":
-            return self._view(domain)
-        if method == "PUT":
-            policy = _policy_from_body(domain, await self._body(receive, headers), headers)
-            await self._registry.put(policy)
-            return self._view(domain)
-        if method == "DELETE":
-            removed = await self._registry.delete(domain)
-            described = self._registry.describe(domain)
-            return Deleted(domain=domain, removed=removed, in_force=None if described is None else described[1])
-        raise MethodNotAllowed(f"{method} is not allowed on {path}")
+        route_path, domain = _match(path)
+        route = _BY_METHOD_AND_PATH.get((method, route_path))
+        if route is None:
+            allowed = ", ".join(route.method for route in ADMIN_ROUTES if route.path == route_path)
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}")
+        match route.operation:
+            case "policies.list":
+                summaries = [DomainSummary(domain=name, source=source) for name, source in self._registry.domains()]
+                return DomainList(domains=summaries)
+            case "policies.get":
+                return self._view(domain)
+            case "policies.put":
+                policy = _policy_from_body(domain, await self._body(receive, headers), headers)
+                await self._registry.put(policy)
+                return self._view(domain)
+            case "policies.delete":
+                removed = await self._registry.delete(domain)
+                described = self._registry.describe(domain)
+                return Deleted(domain=domain, removed=removed, in_force=None if described is None else described[1])
+            case "policies.reset":
+                return await self._reset(domain, await self._body(receive, headers))
+        raise AssertionError(f"no handler for {route.operation}")
 
     def _view(self, domain: str) -> PolicyView:
         described = self._registry.describe(domain)
@@ -146,13 +224,27 @@ class PolicyAdmin:
         return ResetDone(reset=reset, lsn=lsn)
 
 
+def _segments(path: str) -> list[str]:
+    rest = path[len(ADMIN_PATH) :].strip("/")
+    return rest.split("/") if rest else []
+
+
+def _match(path: str) -> tuple[str, str]:
+    """(the route path a request path matches, the domain it names); NotFound if it matches none."""
+    parts = _segments(path)
+    for route in ADMIN_ROUTES:
+        shape = _segments(route.path)
+        if len(shape) == len(parts) and all(want in (got, "{domain}") for want, got in zip(shape, parts, strict=True)):
+            return route.path, next((got for want, got in zip(shape, parts, strict=True) if want == "{domain}"), "")
+    raise NotFound(f"no route {path}")
+
+
 def _policy_from_body(domain: str, body: bytes, headers: dict[bytes, bytes]) -> DomainPolicy:
     content_type = headers.get(b"content-type", b"application/json").split(b";", 1)[0].strip().lower()
+    suffix = POLICY_MEDIA_TYPES.get(content_type.decode("latin-1"))
     try:
-        if content_type in (b"application/yaml", b"application/x-yaml", b"text/yaml"):
-            policies = parse_policies(body, source="request body.yaml")
-        elif content_type in (b"application/toml", b"text/toml"):
-            policies = parse_policies(body, source="request body.toml")
+        if suffix is not None:
+            policies = parse_policies(body, source="request body" + suffix)
         else:
             raw = msgspec.json.decode(body or b"{}")
             if isinstance(raw, dict):

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from .. import limits
 from ..core.ops import RateCheckAll, RateDecisions, RateItem, RateResetAll
@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 UNLIMITED_REMAINING: Final = 2**32 - 1
 """What envoyproxy/ratelimit reports as the remaining of an unlimited descriptor."""
+
+FailureReason = Literal["timeout", "store-unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class DescriptorStatus:
 class Verdict:
     allowed: bool
     statuses: list[DescriptorStatus]
-    failure: str | None = None  # set when the failure mode decided: the store did not answer in time
+    failure: FailureReason | None = None  # set when the failure mode decided: the store did not answer in time
     lsn: int = 0
 
 
@@ -209,7 +211,7 @@ def _settle(plan: _Plan, result: RateDecisions, lsn: int) -> Verdict:
 
 
 def _failure(domain: CompiledDomain, statuses: list[DescriptorStatus], error: BaseException) -> Verdict:
-    reason = "timeout" if isinstance(error, TimeoutError) else "store-unavailable"
+    reason: FailureReason = "timeout" if isinstance(error, TimeoutError) else "store-unavailable"
     return Verdict(allowed=domain.policy.failure_mode == "allow", statuses=statuses, failure=reason)
 
 

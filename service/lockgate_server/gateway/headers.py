@@ -19,6 +19,12 @@ from .decision import DescriptorStatus, Verdict
 
 FAILURE_HEADER: Final = "X-Lockgate-Failure"
 """Set when the store did not answer and the domain's failure_mode decided instead."""
+POLICY_HEADER: Final = "RateLimit-Policy"
+RATE_LIMIT_HEADER: Final = "RateLimit"
+LIMIT_HEADER: Final = "X-RateLimit-Limit"
+REMAINING_HEADER: Final = "X-RateLimit-Remaining"
+RESET_HEADER: Final = "X-RateLimit-Reset"
+RETRY_AFTER_HEADER: Final = "Retry-After"
 FAILURE_RETRY_AFTER_S: Final = 1
 
 
@@ -28,9 +34,9 @@ def _seconds(ms: int) -> int:
 
 def rate_limit_headers(verdict: Verdict) -> list[tuple[str, str]]:
     if verdict.failure is not None:
-        headers = [(FAILURE_HEADER, verdict.failure)]
+        headers: list[tuple[str, str]] = [(FAILURE_HEADER, verdict.failure)]
         if not verdict.allowed:
-            headers.append(("Retry-After", str(FAILURE_RETRY_AFTER_S)))
+            headers.append((RETRY_AFTER_HEADER, str(FAILURE_RETRY_AFTER_S)))
         return headers
     # One item per limit; a limit reached by several descriptors (one state per value)
     # is announced by its tightest state.
@@ -54,21 +60,21 @@ def rate_limit_headers(verdict: Verdict) -> list[tuple[str, str]]:
             tightest = status
     assert tightest.limit is not None
     headers = [
-        ("RateLimit-Policy", ", ".join(status.limit.policy_header for status in announced if status.limit)),
+        (POLICY_HEADER, ", ".join(status.limit.policy_header for status in announced if status.limit)),
         (
-            "RateLimit",
+            RATE_LIMIT_HEADER,
             ", ".join(
                 f"{status.limit.quoted_name};r={status.remaining};t={_seconds(status.reset_after_ms)}"
                 for status in announced
                 if status.limit
             ),
         ),
-        ("X-RateLimit-Limit", str(tightest.limit.requests)),
-        ("X-RateLimit-Remaining", str(tightest.remaining)),
-        ("X-RateLimit-Reset", str(_seconds(tightest.reset_after_ms))),
+        (LIMIT_HEADER, str(tightest.limit.requests)),
+        (REMAINING_HEADER, str(tightest.remaining)),
+        (RESET_HEADER, str(_seconds(tightest.reset_after_ms))),
     ]
     if not verdict.allowed:
-        headers.append(("Retry-After", str(max(1, _seconds(retry_after_ms)))))
+        headers.append((RETRY_AFTER_HEADER, str(max(1, _seconds(retry_after_ms)))))
     return headers
 
 

@@ -27,7 +27,16 @@ from google.protobuf import json_format
 from .. import limits
 from ..api import problems
 from ..api.auth import KeyRing, authorize
-from ..errors import InvalidRequest, LockgateError, MethodNotAllowed, NotFound, Unavailable
+from ..errors import (
+    Forbidden,
+    InvalidRequest,
+    LockgateError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from ..settings import Settings
 from .asgi import Receive, Scope, Send, presented_key, read_body, send_json, send_problem
 from .decision import Decider
@@ -41,11 +50,22 @@ from .telemetry import GatewayMetrics
 
 CHECK_PATH: Final = "/check"
 JSON_PATH: Final = "/json"
-DOMAIN_HEADER: Final = b"x-lockgate-domain"
-KEY_HEADER: Final = b"x-lockgate-key"
+JSON_METHOD: Final = "POST"
+JSON_OVER_LIMIT_STATUS: Final = 429
+DOMAIN_HEADER: Final = "X-Lockgate-Domain"
+KEY_HEADER: Final = "X-Lockgate-Key"
 
-_ALLOWED_BODY: Final = b""
-_DENIED_BODY: Final = b"rate limited\n"
+CHECK_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+ALLOWED_BODY: Final = b""
+DENIED_BODY: Final = b"rate limited\n"
+
+CHECK_ERRORS: Final = (Unauthorized, Forbidden, NotFound, InvalidRequest)
+"""What the check answers as problem+json (the last: a bad hits_addend_header); /openapi.json lists them."""
+JSON_ERRORS: Final = (Unauthorized, Forbidden, PayloadTooLarge, InvalidRequest, Unavailable)
+
+_DOMAIN_HEADER: Final = DOMAIN_HEADER.lower().encode()
+_KEY_HEADER: Final = KEY_HEADER.lower().encode()
+_CONTENT_TYPE: Final = CHECK_CONTENT_TYPE.encode()
 
 
 class GatewayHttp:
@@ -68,7 +88,7 @@ class GatewayHttp:
         headers = dict(scope["headers"])
         try:
             if not self._keyring.open:
-                presented = headers.get(KEY_HEADER)
+                presented = headers.get(_KEY_HEADER)
                 principal = self._keyring.authenticate(presented.decode("latin-1") if presented else None)
                 authorize(principal, limits.GATEWAY_NAMESPACE, "write")
             domain_name, rest = _domain_and_rest(scope["path"], headers)
@@ -85,8 +105,8 @@ class GatewayHttp:
             return
         status = 200 if verdict.allowed else domain.policy.deny_status
         response_headers = [(name.encode(), value.encode("latin-1")) for name, value in rate_limit_headers(verdict)]
-        body = _ALLOWED_BODY if verdict.allowed else _DENIED_BODY
-        response_headers.append((b"content-type", b"text/plain; charset=utf-8"))
+        body = ALLOWED_BODY if verdict.allowed else DENIED_BODY
+        response_headers.append((b"content-type", _CONTENT_TYPE))
         response_headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
@@ -95,14 +115,14 @@ class GatewayHttp:
     async def json(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed("use POST for /json")
+            if scope["method"] != JSON_METHOD:
+                raise MethodNotAllowed(f"use {JSON_METHOD} for {JSON_PATH}")
             if not self._keyring.open:
                 authorize(self._keyring.authenticate(presented_key(headers)), limits.GATEWAY_NAMESPACE, "write")
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             try:
                 message = json_format.Parse(body or b"{}", RateLimitRequest())
-            except json_format.ParseError as error:
+            except (json_format.ParseError, UnicodeDecodeError) as error:  # Parse decodes bytes as UTF-8
                 raise InvalidRequest(f"not a RateLimitRequest: {error}") from error
             domain_name, descriptors, hits_addend = request_from_proto(message)
             domain = self._registry.get(domain_name)
@@ -118,7 +138,8 @@ class GatewayHttp:
             await send_problem(send, problems.problem_for(error))
             return
         payload = json_format.MessageToJson(response, indent=None).encode()
-        await send_json(send, 429 if response.overall_code == response.OVER_LIMIT else 200, payload)
+        over_limit = response.overall_code == response.OVER_LIMIT
+        await send_json(send, JSON_OVER_LIMIT_STATUS if over_limit else 200, payload)
 
 
 def _domain_and_rest(path: str, headers: dict[bytes, bytes]) -> tuple[str, str]:
@@ -127,7 +148,7 @@ def _domain_and_rest(path: str, headers: dict[bytes, bytes]) -> tuple[str, str]:
     if tail:
         domain, slash, rest = tail.partition("/")
         return domain, slash + rest
-    header = headers.get(DOMAIN_HEADER)
+    header = headers.get(_DOMAIN_HEADER)
     if not header:
         raise NotFound("name the domain in the path (/check/{domain}) or in X-Lockgate-Domain")
     return header.decode("latin-1"), "/"

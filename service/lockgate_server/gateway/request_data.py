@@ -22,6 +22,17 @@ Headers = Mapping[bytes, bytes]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _API_KEY_DIGEST_HEX: Final = 32
 
+FORWARDED_HEADERS: Final[dict[str, tuple[str, ...]]] = {
+    "client_ip": ("X-Forwarded-For", "X-Real-IP"),
+    "path": ("X-Original-URI", "X-Forwarded-Uri"),
+    "method": ("X-Original-Method", "X-Forwarded-Method"),
+    "host": ("X-Forwarded-Host", "Host"),
+}
+"""The headers a source reads, the first one present wins; without them, the check's own data."""
+_WIRE_NAMES: Final = {
+    source: tuple(name.lower().encode() for name in names) for source, names in FORWARDED_HEADERS.items()
+}
+
 
 class RequestData:
     """One check request's view: its headers (lower-case names), method and the path after the domain."""
@@ -37,6 +48,13 @@ class RequestData:
     def header(self, name: bytes) -> str | None:
         raw = self.headers.get(name)
         return raw.decode("latin-1") if raw else None
+
+    def first_header(self, names: tuple[bytes, ...]) -> str | None:
+        for name in names:
+            value = self.header(name)
+            if value:
+                return value
+        return None
 
 
 def descriptors_for(spec: HttpSpec, request: RequestData) -> list[RequestDescriptor]:
@@ -62,12 +80,13 @@ def _value_of(source: EntrySource, spec: HttpSpec, request: RequestData) -> str 
 
 
 def _client_ip(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
-    forwarded = request.header(b"x-forwarded-for")
+    forwarded_for, real_ip = _WIRE_NAMES["client_ip"]
+    forwarded = request.header(forwarded_for)
     if forwarded:
         first = forwarded.split(",", 1)[0].strip()
         if first:
             return first
-    return request.header(b"x-real-ip") or request.client
+    return request.header(real_ip) or request.client
 
 
 def _api_key(_: EntrySource, spec: HttpSpec, request: RequestData) -> str | None:
@@ -79,16 +98,16 @@ def _api_key(_: EntrySource, spec: HttpSpec, request: RequestData) -> str | None
 
 
 def _path(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
-    uri = request.header(b"x-original-uri") or request.header(b"x-forwarded-uri") or request.path
+    uri = request.first_header(_WIRE_NAMES["path"]) or request.path
     return uri.split("?", 1)[0] or "/"
 
 
 def _method(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
-    return request.header(b"x-original-method") or request.header(b"x-forwarded-method") or request.method
+    return request.first_header(_WIRE_NAMES["method"]) or request.method
 
 
 def _host(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
-    return request.header(b"x-forwarded-host") or request.header(b"host")
+    return request.first_header(_WIRE_NAMES["host"])
 
 
 def _header(source: EntrySource, _: HttpSpec, request: RequestData) -> str | None:
