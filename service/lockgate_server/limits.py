@@ -51,8 +51,10 @@ COMMIT_OPS_MAX: Final = 8192
 """Ops that may join one pending commit; past it callers get a retryable 503."""
 COMMIT_TIMEOUT_MS: Final = 5_000
 """A commit not acknowledged by Redis within this is treated as outcome unknown."""
-COMMITS_IN_FLIGHT: Final = 4
-"""Commits pipelined to the store at once (in order, on one connection)."""
+COMMITS_IN_FLIGHT: Final = 2
+"""Commits pipelined to the store at once (in order, on one connection). Two overlap one
+commit's round trip with the next one's filling; more split the same ops over more
+scripts and fsyncs (measured: 2 beat 4 by 7-15% on lock pairs, engine and HTTP)."""
 EXPIRY_SWEEP_INTERVAL_MS: Final = 10
 """How often the node looks for due lease expiries and waiter deadlines."""
 
