@@ -8,6 +8,7 @@ always gives the same state, which is what recovery by replay relies on.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple, cast
 
 import msgspec
@@ -167,53 +168,70 @@ class ShardState:
         return Applied(result, ctx.notices, True, op_lsn)
 
     # --- reads ---------------------------------------------------------------------------
+    # Both dispatch on the command's type through a table (see the end of the module): a
+    # `match` over class patterns tries each case in turn, which showed in the hot path.
     def _read(self, cmd: Command, now_ms: int) -> Result | None:
-        match cmd:
-            case Inspect(kind=kind, namespace=namespace, name=name):
-                pool = self._pools(kind).get(object_key(namespace, name))
-                return leases.inspect(pool, now_ms, default_limit=1)
-            case FenceCheck(kind=kind, namespace=namespace, name=name, token=token):
-                pool = self._pools(kind).get(object_key(namespace, name))
-                return leases.fence_check(pool, token, now_ms)
-            case CounterGet(namespace=namespace, name=name):
-                return CounterValue(value=self.counters.get(object_key(namespace, name), 0))
-            case RateCheck(cost=0, namespace=namespace, name=name):
-                return ratelimit.check(self.rates.get(object_key(namespace, name)), cmd, now_ms)[1]
-            case RateCheckAll() if is_read(cmd):
-                return self._check_all(cmd, now_ms, charge=False)
-        return None
+        reader = _READERS.get(type(cmd))
+        return None if reader is None else reader(self, cmd, now_ms)
+
+    def _read_pool(self, cmd: Inspect | FenceCheck, now_ms: int) -> Result:
+        pool = self._pools(cmd.kind).get(object_key(cmd.namespace, cmd.name))
+        if isinstance(cmd, Inspect):
+            return leases.inspect(pool, now_ms, default_limit=1)
+        return leases.fence_check(pool, cmd.token, now_ms)
+
+    def _read_counter(self, cmd: CounterGet, now_ms: int) -> Result:
+        return CounterValue(value=self.counters.get(object_key(cmd.namespace, cmd.name), 0))
+
+    def _peek_rate(self, cmd: RateCheck, now_ms: int) -> Result | None:
+        if cmd.cost:
+            return None
+        return ratelimit.check(self.rates.get(object_key(cmd.namespace, cmd.name)), cmd, now_ms)[1]
+
+    def _peek_all(self, cmd: RateCheckAll, now_ms: int) -> Result | None:
+        return self._check_all(cmd, now_ms, charge=False) if is_read(cmd) else None
 
     # --- writes --------------------------------------------------------------------------
     def _mutate(self, cmd: Command, ctx: Context, previous_now_ms: int) -> Result:
-        match cmd:
-            case Acquire() | Release() | Renew() | CancelWait() | ForceRelease():
-                return self._apply_lease(cmd, ctx)
-            case CounterAdd() | CounterSet() | CounterCompareAndSet():
-                key = object_key(cmd.namespace, cmd.name)
-                value, result = counter.apply(self.counters.get(key, 0), cmd)
-                if value:
-                    self._put(self.counters, key, value)
-                else:
-                    self._remove(self.counters, key)  # 0 reads the same as absent
-                return result
-            case RateCheck():
-                return self._apply_rate(cmd, ctx.now_ms)
-            case RateReset(namespace=namespace, name=name):
-                self._remove(self.rates, object_key(namespace, name))
-                return Done()
-            case RateCheckAll():
-                return self._check_all(cmd, ctx.now_ms, charge=True)
-            case RateResetAll(namespace=namespace, keys=keys):
-                for key in keys:
-                    self._remove(self.rates, object_key(namespace, key))
-                return Done()
-            case Expire(until_ms=until_ms):
-                self._expire(until_ms, ctx)
-                return Done()
-            case Recover(last_alive_ms=last_alive_ms):
-                self._recover(ctx, max(previous_now_ms, last_alive_ms))
-                return Done()
-        raise AssertionError(f"unknown command {cmd!r}")
+        mutator = _MUTATORS.get(type(cmd))
+        if mutator is None:
+            raise AssertionError(f"unknown command {cmd!r}")
+        return mutator(self, cmd, ctx, previous_now_ms)
+
+    def _mutate_lease(
+        self, cmd: Acquire | Release | Renew | CancelWait | ForceRelease, ctx: Context, previous_now_ms: int
+    ) -> Result:
+        return self._apply_lease(cmd, ctx)
+
+    def _mutate_counter(
+        self, cmd: CounterAdd | CounterSet | CounterCompareAndSet, ctx: Context, previous_now_ms: int
+    ) -> Result:
+        key = object_key(cmd.namespace, cmd.name)
+        value, result = counter.apply(self.counters.get(key, 0), cmd)
+        if value:
+            self._put(self.counters, key, value)
+        else:
+            self._remove(self.counters, key)  # 0 reads the same as absent
+        return result
+
+    def _mutate_rate(self, cmd: RateCheck, ctx: Context, previous_now_ms: int) -> Result:
+        return self._apply_rate(cmd, ctx.now_ms)
+
+    def _mutate_reset(self, cmd: RateReset | RateResetAll, ctx: Context, previous_now_ms: int) -> Result:
+        for key in cmd.keys if isinstance(cmd, RateResetAll) else (cmd.name,):
+            self._remove(self.rates, object_key(cmd.namespace, key))
+        return Done()
+
+    def _mutate_all(self, cmd: RateCheckAll, ctx: Context, previous_now_ms: int) -> Result:
+        return self._check_all(cmd, ctx.now_ms, charge=True)
+
+    def _mutate_expire(self, cmd: Expire, ctx: Context, previous_now_ms: int) -> Result:
+        self._expire(cmd.until_ms, ctx)
+        return Done()
+
+    def _mutate_recover(self, cmd: Recover, ctx: Context, previous_now_ms: int) -> Result:
+        self._recover(ctx, max(previous_now_ms, cmd.last_alive_ms))
+        return Done()
 
     def _pools(self, kind: LeaseKind | str) -> dict[str, LeasePool]:
         return self.locks if kind == "lock" else self.semaphores
@@ -459,3 +477,28 @@ class ShardState:
         state._rebuild_deadlines()
         state._count_objects()
         return state
+
+
+_READERS: Final[dict[type, Callable[[ShardState, Any, int], Result | None]]] = {
+    Inspect: ShardState._read_pool,
+    FenceCheck: ShardState._read_pool,
+    CounterGet: ShardState._read_counter,
+    RateCheck: ShardState._peek_rate,
+    RateCheckAll: ShardState._peek_all,
+}
+_MUTATORS: Final[dict[type, Callable[[ShardState, Any, Context, int], Result]]] = {
+    Acquire: ShardState._mutate_lease,
+    Release: ShardState._mutate_lease,
+    Renew: ShardState._mutate_lease,
+    CancelWait: ShardState._mutate_lease,
+    ForceRelease: ShardState._mutate_lease,
+    CounterAdd: ShardState._mutate_counter,
+    CounterSet: ShardState._mutate_counter,
+    CounterCompareAndSet: ShardState._mutate_counter,
+    RateCheck: ShardState._mutate_rate,
+    RateReset: ShardState._mutate_reset,
+    RateResetAll: ShardState._mutate_reset,
+    RateCheckAll: ShardState._mutate_all,
+    Expire: ShardState._mutate_expire,
+    Recover: ShardState._mutate_recover,
+}

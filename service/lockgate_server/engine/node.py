@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from redis.exceptions import RedisError
 
@@ -84,9 +84,9 @@ class EngineStats:
     commit_observers: list[Callable[[int, int, float], None]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """A sequenced command whose answer is not yet released (see Engine.submit)."""
+class Submitted(NamedTuple):
+    """A sequenced command whose answer is not yet released (see Engine.submit); one per
+    op, so a tuple rather than a frozen dataclass, whose __init__ costs several times more."""
 
     cmd: Command
     slot: Slot
