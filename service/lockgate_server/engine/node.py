@@ -3,8 +3,9 @@
 The path of one op:
 1. `execute` finds the shard and applies the command to its state right away (the event
    loop is the input gate: nothing interleaves inside `apply`);
-2. a logged op joins the pending commit; the committer seals it on the next loop turn
-   and sends every touched shard's record in one fenced script call (group commit).
+2. a logged op joins the pending commit; the committer seals it on the next loop turn in
+   which anyone waits for it, and sends every touched shard's record in one fenced script
+   call (group commit).
    Up to `commits_in_flight` commits are pipelined on one connection, so they reach the
    store in order while the next ones gather;
 3. the caller waits for the commit that covers what it saw (the output gate) — reads too;
@@ -160,7 +161,7 @@ class Engine:
         self.begin_shutdown()
         deadline = time.monotonic() + self.config.commit_timeout_ms / 1000
         while (self._pending.op_count or self._in_flight) and time.monotonic() < deadline:
-            self._wakeup.set()
+            self._want_pending()
             await asyncio.sleep(0.005)
         tasks = [*self._tasks, *self._background]
         for task in tasks:
@@ -243,7 +244,10 @@ class Engine:
             return result, applied.lsn
         assert isinstance(result, Queued)
         try:
-            await self._through_gate(slot, submitted.generation)
+            # No gate: the caller sees nothing until its turn, whose commit also carries the
+            # queueing (same shard, earlier LSN); a dropped speculation fails the turn.
+            if slot.generation != submitted.generation:
+                raise OutcomeUnknown("the shard reloaded from the store; retry with the same request_id")
             answer = await asyncio.wait_for(turn, getattr(submitted.cmd, "wait_ms", 0) / 1000 + WAIT_GRACE_S)
         except BaseException:
             self._leave_line(slot, submitted.cmd, result.lease_id)
@@ -257,6 +261,8 @@ class Engine:
     async def _through_gate(self, slot: Slot, generation: int) -> None:
         """The output gate: return once the commit covering what the caller saw is durable."""
         gate = slot.covering
+        if gate is self._pending.gate:
+            self._want_pending()
         if gate is not None:
             if not gate.done():
                 await gate
@@ -275,15 +281,19 @@ class Engine:
         applied = slot.state.apply(cmd, self._now())
         if applied.logged:
             pending = self._pending
-            if not pending.op_count:
-                self._wakeup.set()
             pending.op_count += 1
             pending.slots[slot.shard] = slot
             slot.entries.append((slot.state.last_now_ms, cast(AnyCommand, cmd)))
             slot.covering = pending.gate
             if applied.notices:
                 pending.notices.extend((slot, slot.generation, notice) for notice in applied.notices)
+                self._want_pending()
         return applied
+
+    def _want_pending(self) -> None:
+        if not self._pending.wanted:
+            self._pending.wanted = True
+            self._wakeup.set()
 
     def _leave_line(self, slot: Slot, cmd: Command, lease_id: str) -> None:
         """The caller of a queued acquire left: take it out of line (or give back its grant)."""
@@ -332,7 +342,7 @@ class Engine:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending.op_count and len(self._in_flight) < self.config.commits_in_flight:
+            while self._pending.wanted and len(self._in_flight) < self.config.commits_in_flight:
                 pending, self._pending = self._pending, PendingCommit()
                 if not pending.slots:
                     # Every shard in it was abandoned: its callers learn that at the gate.
@@ -373,7 +383,7 @@ class Engine:
                 self._record_commit(pending, appends, time.perf_counter() - sent_at)
                 pending.gate.set_result(None)
                 self._deliver(pending.notices)
-            if self._pending.op_count:
+            if self._pending.wanted:
                 self._wakeup.set()
 
     def _settle_first(self, pending: PendingCommit, error: LockgateError, lost: set[int] | None = None) -> None:
@@ -522,6 +532,8 @@ class Engine:
         interval_s = self.config.sweep_interval_ms / 1000
         while True:
             await asyncio.sleep(interval_s)
+            if self._pending.op_count:
+                self._want_pending()  # bounds how long an op nobody waits for stays unsealed
             now = self._now()
             for slot in self._slots.values():
                 if not slot.serving() or self._stopping:

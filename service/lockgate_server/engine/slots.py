@@ -67,13 +67,17 @@ class Slot:
 
 
 class PendingCommit:
-    __slots__ = ("gate", "notices", "op_count", "slots")
+    __slots__ = ("gate", "notices", "op_count", "slots", "wanted")
 
     def __init__(self) -> None:
         self.gate = new_gate()
         self.slots: dict[int, Slot] = {}
         self.notices: list[tuple[Slot, int, Notice]] = []  # (slot, its generation then, notice)
         self.op_count = 0
+        # Sealed only once someone waits on its gate, it carries answers for queued callers,
+        # or the sweeper finds it waiting: a queued acquire alone answers nobody yet, so it
+        # rides along with the next commit instead of paying for one of its own.
+        self.wanted = False
 
 
 class LeaseIds:
