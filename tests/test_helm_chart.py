@@ -349,7 +349,7 @@ def test_rendered_embedded_store_is_on_a_volume_claim(render: Render, tmp_path: 
         ({"store": PRODUCTION["store"]}, "LOCKGATE_API_KEYS"),
         ({"auth": PRODUCTION["auth"]}, "LOCKGATE_REDIS_URL"),
         ({**PRODUCTION, "auth": {"apiKeys": [{**msgspec.to_builtins(KEY), "sha256": "the-key"}]}}, "SHA-256"),
-        ({**PRODUCTION, "store": {"redisUrl": "rediss://valkey:6380/0"}}, "redis://"),
+        ({**PRODUCTION, "store": {"redisUrl": "unix:///run/valkey.sock"}}, "redis://"),
         ({**PRODUCTION, "config": {"port": 9000}}, "config.port"),
         ({**PRODUCTION, "config": {"commit_timeout_ms": 20_000}}, "terminationGracePeriodSeconds"),
     ],

@@ -85,8 +85,8 @@ EmbeddedValkey.stop's wait); tests/test_helm_chart.py checks them against the co
 {{- else if and (not .Values.store.redisUrl) (not .Values.store.existingSecret) }}
 {{- fail "lockgate: set store.redisUrl or store.existingSecret: an external Redis 7+/Valkey with appendonly yes and appendfsync always (LOCKGATE_REDIS_URL). store.embedded.enabled=true runs a Valkey inside the pod, for development only." }}
 {{- end }}
-{{- if and .Values.store.redisUrl (not .Values.store.existingSecret) (not (hasPrefix "redis://" .Values.store.redisUrl)) }}
-{{- fail "lockgate: store.redisUrl must be a redis:// URL: the commit connection speaks plain RESP over TCP (no rediss://, no unix://)" }}
+{{- if and .Values.store.redisUrl (not .Values.store.existingSecret) (not (or (hasPrefix "redis://" .Values.store.redisUrl) (hasPrefix "rediss://" .Values.store.redisUrl))) }}
+{{- fail "lockgate: store.redisUrl must be a redis:// or rediss:// (TLS) URL: the commit connection speaks RESP over TCP (no unix://)" }}
 {{- end }}
 {{- $managed := include "lockgate.managedSettings" . | fromJsonArray }}
 {{- range $name, $_ := .Values.config }}

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 
 
 class RespError(Exception):
@@ -32,6 +33,27 @@ def pack(*parts: bytes | str | int) -> bytes:
         out.append(data)
         out.append(b"\r\n")
     return b"".join(out)
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext | None:
+    """For a rediss:// URL, the TLS settings redis-py reads from the same URL (so both of the
+    node's connections to the store agree): ssl_ca_certs, ssl_certfile/ssl_keyfile for client
+    certificates, ssl_cert_reqs (required by default; none turns verification off) and
+    ssl_check_hostname (on unless verification is off)."""
+    if options.get("connection_class") is not SSLConnection:
+        return None
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    requirement = str(options.get("ssl_cert_reqs", "required")).lower()
+    if requirement == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.verify_mode = ssl.CERT_OPTIONAL if requirement == "optional" else ssl.CERT_REQUIRED
+        check = str(options.get("ssl_check_hostname", "true")).lower()
+        context.check_hostname = check not in ("false", "0", "no")
+    return context
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -60,7 +82,9 @@ class RespConnection:
 
     async def _open(self) -> None:
         options = self._options
-        reader, writer = await asyncio.open_connection(options.get("host", "127.0.0.1"), int(options.get("port", 6379)))
+        reader, writer = await asyncio.open_connection(
+            options.get("host", "127.0.0.1"), int(options.get("port", 6379)), ssl=tls_context(options)
+        )
         self._writer = writer
         self._reader_task = asyncio.ensure_future(self._read_replies(reader))
         password = options.get("password")
