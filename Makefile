@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench-engine bench-http bench-sdk bench-state bench-gateway bench-locust bench bench-tools proto clean
+.PHONY: run test lint typecheck unit chaos bench-engine bench-http bench-sdk bench-state bench-gateway bench-locust bench bench-tools proto clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
+
+## chaos: the chaos test for longer (kills and pauses of the node and of Valkey while clients
+# lock and count); the default suite runs it for 20 s. `make chaos CHAOS_SECONDS=600` for a soak.
+CHAOS_SECONDS ?= 180
+chaos: $(STAMP)
+	LOCKGATE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/pytest -q -s tests/chaos
 
 # bench-tools: wrk, and etcd-server for the etcd baseline (skipped if it cannot be installed),
 # from apt when missing and we are root.
