@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +22,7 @@ from lockgate_server.core.ops import (
     RateDecision,
 )
 from lockgate_server.engine.node import Engine, new_lease_id
+from lockgate_server.engine.snapshots import FORK_RETRY_S
 from lockgate_server.limits import RATE_PERIOD_MAX_MS
 from lockgate_server.storage.embedded import EmbeddedValkey
 from lockgate_server.storage.log import shard_keys
@@ -114,3 +117,26 @@ async def test_snapshots_bound_the_log_and_a_restart_reproduces_the_state(
     for name, token in locks.items():
         info, _ = await restarted.execute(Inspect(kind="lock", namespace=NAMESPACE, name=name))
         assert isinstance(info, LeaseInfo) and info.held and info.token == token
+
+
+async def test_a_node_that_cannot_fork_keeps_serving(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork can fail (no memory, no processes left): snapshots wait, commits go on."""
+    config = engines.config(snapshot_every_entries=10, snapshot_mode="fork")
+    engine = await engines.start(config)
+
+    def no_fork() -> int:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    add = CounterAdd(namespace="nofork", name="c", delta=1)
+    for expected in range(1, 51):  # several times past the snapshot threshold
+        value, _ = await asyncio.wait_for(engine.execute(add), timeout=10)  # a dead committer hangs
+        assert value == CounterValue(value=expected)
+    assert engine.snapshots.stats.failed >= 1 and engine.snapshots.stats.taken == 0
+
+    monkeypatch.undo()
+    await asyncio.sleep(FORK_RETRY_S)
+    value, _ = await engine.execute(add)  # the next commit past the threshold tries again
+    assert value == CounterValue(value=51)
+    await engine.snapshots.wait()
+    assert engine.snapshots.stats.taken >= 1

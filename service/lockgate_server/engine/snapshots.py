@@ -27,6 +27,9 @@ from ..storage.log import RedisLog, write_snapshot_blocking
 
 log = logging.getLogger("lockgate.snapshots")
 
+FORK_RETRY_S = 1.0
+"""After fork fails (no memory or processes left), wait this long before the next snapshot."""
+
 SnapshotMode = Literal["fork", "inline"]
 
 
@@ -51,11 +54,13 @@ class Snapshotter:
         self._store = store
         self._mode: SnapshotMode = mode if hasattr(os, "fork") else "inline"
         self._running: asyncio.Task[None] | None = None
+        self._not_before = 0.0  # monotonic: after a fork failed, when to try again
         self.stats = SnapshotStats()
 
     @property
     def busy(self) -> bool:
-        return self._running is not None and not self._running.done()
+        running = self._running is not None and not self._running.done()
+        return running or time.monotonic() < self._not_before
 
     def take(self, jobs: Iterable[SnapshotJob]) -> bool:
         """Start snapshots of the given states; False if one is still running (try later)."""
@@ -64,7 +69,15 @@ class Snapshotter:
             return False
         started = time.perf_counter()
         if self._mode == "fork":
-            pid = _fork_writer(self._store.url, jobs)
+            try:
+                pid = _fork_writer(self._store.url, jobs)
+            except OSError as error:
+                # Out of memory or processes: serving goes on, the log just grows until a later
+                # try (the commit loop and the sweeper call this, and must not die of it).
+                self.stats.failed += 1
+                self._not_before = time.monotonic() + FORK_RETRY_S
+                log.warning("could not fork a snapshot writer (%r); trying again in %.0f s", error, FORK_RETRY_S)
+                return False
             self._note_pause(started)
             self._running = asyncio.ensure_future(self._reap(pid, len(jobs)))
         else:
@@ -104,7 +117,11 @@ class Snapshotter:
 
 def _fork_writer(url: str, jobs: list[SnapshotJob]) -> int:
     gc.freeze()  # keep the collector from touching (and so copying) every page in the child
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        gc.unfreeze()
+        raise
     if pid != 0:
         gc.unfreeze()
         return pid
