@@ -27,7 +27,8 @@ log = logging.getLogger("lockgate")
 
 _SERVICE_PATHS: dict[str, Any] = {
     "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up", "tags": ["service"],
-                         "security": [{}], "responses": {"200": {"description": "Alive"}}}},
+                         "security": [{}], "responses": {"200": {"description": "Alive"},
+                                                          "503": {"description": "The node broke: restart it"}}}},
     "/readyz": {"get": {"operationId": "readyz", "summary": "Every shard loaded and the store reachable",
                         "tags": ["service"], "security": [{}],
                         "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
@@ -77,8 +78,11 @@ class LockgateApp:
                     yield
 
         @get("/healthz", media_type=MediaType.JSON, include_in_schema=False)
-        async def healthz() -> dict[str, str]:
-            return {"status": "ok"}
+        async def healthz() -> Response[dict[str, str]]:
+            engine = runtime.engine
+            if engine is not None and engine.broken is not None:
+                return Response({"status": "broken", "reason": engine.broken}, status_code=503)
+            return Response({"status": "ok"})
 
         @get("/readyz", media_type=MediaType.JSON, include_in_schema=False)
         async def readyz() -> Response[dict[str, Any]]:

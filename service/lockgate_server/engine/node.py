@@ -131,6 +131,7 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.broken: str | None = None  # why the node can no longer serve, if one of its loops died
         self._reloading: set[int] = set()
         self.stats = EngineStats()
         self.snapshots = Snapshotter(store, self.config.snapshot_mode)
@@ -138,15 +139,38 @@ class Engine:
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self._store.connect()
-        self._tasks.append(asyncio.create_task(self._commit_loop(), name="lockgate-committer"))
-        self._tasks.append(asyncio.create_task(self._reply_loop(), name="lockgate-replies"))
+        self._run_loop(self._commit_loop(), "lockgate-committer")
+        self._run_loop(self._reply_loop(), "lockgate-replies")
         self._reloading.update(self._slots)
         try:
             await asyncio.gather(*(self._load(slot, expected_epoch=None) for slot in self._slots.values()))
         finally:
             self._reloading.clear()
-        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="lockgate-sweeper"))
-        self._tasks.append(asyncio.create_task(self._renew_loop(), name="lockgate-ownership"))
+        self._run_loop(self._sweep_loop(), "lockgate-sweeper")
+        self._run_loop(self._renew_loop(), "lockgate-ownership")
+
+    def _run_loop(self, loop: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.create_task(loop, name=name)
+        task.add_done_callback(self._on_loop_ended)
+        self._tasks.append(task)
+
+    def _on_loop_ended(self, task: asyncio.Task[None]) -> None:
+        """The node's loops only end when stopped. One that died of a bug leaves a node that
+        cannot commit, expire or keep its shards: answer 503 at once instead of letting callers
+        wait forever, and report unhealthy so the supervisor restarts the process (the store
+        holds everything acknowledged)."""
+        if task.cancelled() or self._stopping:
+            return
+        error = task.exception()
+        self.broken = f"{task.get_name()} ended: {error!r}"
+        log.critical("%s; this node stops serving", self.broken, exc_info=error)
+        self.begin_shutdown()
+        failure = Unavailable(f"the node failed ({self.broken}); retry on a healthy node")
+        for pending, *_ in self._in_flight:
+            _fail_gate(pending.gate, failure)
+        _fail_gate(self._pending.gate, failure)
+        for slot in self._slots.values():
+            slot.status = SlotStatus.LOST
 
     def begin_shutdown(self) -> None:
         """Refuse new ops and answer every queued acquire with a retryable 503 now."""
@@ -348,11 +372,15 @@ class Engine:
                     # Every shard in it was abandoned: its callers learn that at the gate.
                     pending.gate.set_result(None)
                     continue
-                appends = self._seal(pending)
                 try:
+                    appends = self._seal(pending)
                     reply = await self._store.send_commit(appends)
                 except STORE_ERRORS as error:
                     self._abandon(pending, OutcomeUnknown(f"the store could not be reached: {error!r}"), set())
+                    continue
+                except Exception as error:  # a bug in sealing: lose this commit, not the committer
+                    log.exception("could not build a commit; its shards reload from the store")
+                    self._abandon(pending, OutcomeUnknown(f"the node could not write the commit: {error!r}"), set())
                     continue
                 self._in_flight.append((pending, appends, reply, time.perf_counter()))
                 self._replied.set()
