@@ -73,12 +73,21 @@ class Runtime:
     async def _check_durability(self, store: RedisLog) -> None:
         config = await store.store_settings()
         appendonly, fsync = config.get("appendonly", "?"), config.get("appendfsync", "?")
-        log.info("store durability: appendonly=%s appendfsync=%s", appendonly, fsync)
-        if appendonly == "yes" and fsync == "always":
+        maxmemory, policy = config.get("maxmemory", "0"), config.get("maxmemory-policy", "noeviction")
+        log.info(
+            "store durability: appendonly=%s appendfsync=%s maxmemory=%s maxmemory-policy=%s",
+            appendonly, fsync, maxmemory, policy,
+        )  # fmt: skip
+        risks = []
+        if not (appendonly == "yes" and fsync == "always"):
+            risks.append(f"appendonly={appendonly} appendfsync={fsync} (a crash loses what was not fsynced)")
+        if maxmemory != "0" and policy != "noeviction":
+            risks.append(f"maxmemory={maxmemory} with maxmemory-policy={policy} (it may evict the log and leases)")
+        if not risks:
             return
         message = (
-            f"the store runs with appendonly={appendonly} appendfsync={fsync}: acknowledged writes can be lost "
-            "on a crash. Use appendonly yes + appendfsync always."
+            f"the store runs with {' and '.join(risks)}: acknowledged writes can be lost. "
+            "Use appendonly yes, appendfsync always and maxmemory-policy noeviction."
         )
         if self.settings.require_fsync_always:
             raise StoreRefused(message)

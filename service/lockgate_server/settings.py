@@ -40,7 +40,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     shards: Annotated[int, msgspec.Meta(ge=1, le=4096)] = limits.SHARDS_DEFAULT
     """Number of shards; fixed for the life of the data (changing it re-homes every object)."""
     require_fsync_always: bool = False
-    """Refuse to start when the store's appendfsync is not 'always' (otherwise: a loud warning)."""
+    """Refuse to start on a store that can lose acknowledged writes: AOF off, appendfsync other
+    than 'always', or maxmemory with an evicting policy (otherwise: a loud warning)."""
     api_keys: list[ApiKey] = []
     """API keys (in the TOML file as [[api_keys]] tables; env: JSON list)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -203,8 +203,12 @@ class RedisLog:
         await self._other.aclose()
 
     async def store_settings(self) -> dict[str, str]:
-        config = await self._other.config_get("append*")
-        return {str(key): str(value) for key, value in config.items()}
+        """What decides whether an acknowledged write can be lost: AOF, fsync and eviction."""
+        settings: dict[str, str] = {}
+        for pattern in ("append*", "maxmemory", "maxmemory-policy"):
+            config = await self._other.config_get(pattern)
+            settings.update({str(key): str(value) for key, value in config.items()})
+        return settings
 
     async def ping(self) -> bool:
         return bool(await self._other.ping())

@@ -1,0 +1,80 @@
+"""At start the server reads how the store keeps data: a store that can lose acknowledged
+writes (AOF off, appendfsync not always, eviction on) gets a loud warning, or a refusal to
+start with LOCKGATE_REQUIRE_FSYNC_ALWAYS=true. Real Valkey, real server processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from lockgate_server.harness import ServerProcess
+from lockgate_server.storage.embedded import EmbeddedValkey
+
+WARNING = "acknowledged writes can be lost"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    valkey.start()
+    yield valkey
+    valkey.stop()
+
+
+def configure(store: EmbeddedValkey, **settings: str) -> None:
+    with redis.Redis.from_url(store.url) as admin:
+        for name, value in settings.items():
+            admin.config_set(name.replace("_", "-"), value)
+
+
+def start(tmp_path: Path, store: EmbeddedValkey, **env: str) -> ServerProcess:
+    return ServerProcess(tmp_path / "node", env={"LOCKGATE_REDIS_URL": store.url, **env})
+
+
+RISKY = [
+    pytest.param({"appendfsync": "everysec"}, "appendfsync=everysec", id="fsync-everysec"),
+    pytest.param({"appendonly": "no"}, "appendonly=no", id="aof-off"),
+    pytest.param(
+        {"maxmemory": "104857600", "maxmemory_policy": "allkeys-lru"},
+        "maxmemory-policy=allkeys-lru",
+        id="eviction",
+    ),
+]
+
+
+def test_a_safe_store_gets_no_warning(tmp_path: Path, store: EmbeddedValkey) -> None:
+    configure(store, maxmemory="104857600", maxmemory_policy="noeviction")  # a limit that never evicts is fine
+    server = start(tmp_path, store).start()
+    try:
+        assert server.get_status("/readyz") == 200
+        assert WARNING not in server.log()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("settings", "named"), RISKY)
+def test_a_risky_store_gets_a_loud_warning(
+    tmp_path: Path, store: EmbeddedValkey, settings: dict[str, str], named: str
+) -> None:
+    configure(store, **settings)
+    server = start(tmp_path, store).start()
+    try:
+        assert server.get_status("/readyz") == 200
+        warning = next(line for line in server.log().splitlines() if WARNING in line)
+        assert "!!!" in warning and named in warning
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("settings", "named"), RISKY)
+def test_a_risky_store_is_refused_when_asked(
+    tmp_path: Path, store: EmbeddedValkey, settings: dict[str, str], named: str
+) -> None:
+    configure(store, **settings)
+    server = start(tmp_path, store, LOCKGATE_REQUIRE_FSYNC_ALWAYS="true")
+    with pytest.raises(RuntimeError, match="exited") as refused:
+        server.start()
+    assert named in str(refused.value) and WARNING in str(refused.value)
