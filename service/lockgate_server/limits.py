@@ -49,6 +49,8 @@ IDEMPOTENCY_ENTRIES_PER_SHARD_MAX: Final = 10_000
 # --- sequencing and commit ---------------------------------------------------
 COMMIT_OPS_MAX: Final = 8192
 """Ops that may join one pending commit; past it callers get a retryable 503."""
+STORE_WAIT_MS: Final = 30_000
+"""At start, how long to wait for a store that does not answer yet (it may be starting too)."""
 COMMIT_TIMEOUT_MS: Final = 5_000
 """A commit not acknowledged by Redis within this is treated as outcome unknown."""
 COMMITS_IN_FLIGHT: Final = 2

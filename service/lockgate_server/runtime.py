@@ -7,9 +7,12 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+from redis.exceptions import RedisError
 
 from .engine.node import Engine, EngineConfig
 from .settings import Settings
@@ -48,6 +51,7 @@ class Runtime:
         self.store_url = url
         store = RedisLog(url)
         try:
+            await self._wait_for_store(store, url)
             await self._check_durability(store)
             config = EngineConfig(
                 shard_count=settings.shards,
@@ -69,6 +73,23 @@ class Runtime:
                 await store.close()
             if self.embedded is not None:
                 self.embedded.stop()
+
+    async def _wait_for_store(self, store: RedisLog, url: str) -> None:
+        """A store still starting (services start in any order) is waited for, up to a bound."""
+        deadline = time.monotonic() + self.settings.store_wait_ms / 1000
+        delay = 0.1
+        while True:
+            try:
+                await store.ping()
+                return
+            except (RedisError, OSError) as error:
+                if time.monotonic() + delay > deadline:
+                    message = f"the store at {_redact(url)} did not answer within {self.settings.store_wait_ms} ms"
+                    log.error("%s: %s", message, error)
+                    raise StoreRefused(f"{message}: {error}") from None
+                log.warning("waiting for the store at %s: %s", _redact(url), error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _check_durability(self, store: RedisLog) -> None:
         config = await store.store_settings()

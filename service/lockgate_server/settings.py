@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Objects one namespace may hold across all kinds on this node; new ones past it get 409."""
 
     # --- engine ------------------------------------------------------------------------------
+    store_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = limits.STORE_WAIT_MS
+    """At start, wait this long for a store that does not answer yet, then exit with an error."""
     commit_timeout_ms: Annotated[int, msgspec.Meta(ge=100)] = limits.COMMIT_TIMEOUT_MS
     """A commit not confirmed by the store within this answers 503 outcome-unknown."""
     commit_ops_max: Annotated[int, msgspec.Meta(ge=1)] = limits.COMMIT_OPS_MAX

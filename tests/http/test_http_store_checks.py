@@ -1,9 +1,12 @@
-"""At start the server reads how the store keeps data: a store that can lose acknowledged
-writes (AOF off, appendfsync not always, eviction on) gets a loud warning, or a refusal to
-start with LOCKGATE_REQUIRE_FSYNC_ALWAYS=true. Real Valkey, real server processes."""
+"""At start the server waits (a bounded time) for its store, then reads how it keeps data: a
+store that can lose acknowledged writes (AOF off, appendfsync not always, eviction on) gets a
+loud warning, or a refusal to start with LOCKGATE_REQUIRE_FSYNC_ALWAYS=true. Real Valkey,
+real server processes."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 import redis
 
 from lockgate_server.harness import ServerProcess
-from lockgate_server.storage.embedded import EmbeddedValkey
+from lockgate_server.storage.embedded import EmbeddedValkey, free_port
 
 WARNING = "acknowledged writes can be lost"
 
@@ -78,3 +81,27 @@ def test_a_risky_store_is_refused_when_asked(
     with pytest.raises(RuntimeError, match="exited") as refused:
         server.start()
     assert named in str(refused.value) and WARNING in str(refused.value)
+
+
+def test_a_store_that_starts_later_is_waited_for(tmp_path: Path) -> None:
+    port = free_port()
+    server = ServerProcess(tmp_path / "node", env={"LOCKGATE_REDIS_URL": f"redis://127.0.0.1:{port}/0"})
+    starting = threading.Thread(target=server.start)
+    starting.start()
+    late = EmbeddedValkey(tmp_path / "late-valkey", port=port)
+    try:
+        time.sleep(1.5)  # the node is up and waiting; services start in any order
+        late.start()
+        starting.join(timeout=60)
+        assert server.get_status("/readyz") == 200
+        assert "waiting for the store" in server.log()
+    finally:
+        server.stop()
+        late.stop()
+
+
+def test_a_store_that_never_answers_ends_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    env = {"LOCKGATE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "LOCKGATE_STORE_WAIT_MS": "500"}
+    with pytest.raises(RuntimeError, match="exited") as refused:
+        ServerProcess(tmp_path / "node", env=env).start()
+    assert "did not answer within 500 ms" in str(refused.value)
