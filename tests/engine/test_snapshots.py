@@ -27,7 +27,7 @@ from lockgate_server.limits import RATE_PERIOD_MAX_MS
 from lockgate_server.storage.embedded import EmbeddedValkey
 from lockgate_server.storage.log import shard_keys
 
-from .support import admin_client, log_entries, replay_from_store
+from .support import admin_client, log_entries, names_on_shard, replay_from_store
 
 if TYPE_CHECKING:
     from conftest import Engines
@@ -49,7 +49,10 @@ def live_snapshots(engine: Engine) -> dict[int, bytes]:
 async def test_snapshots_bound_the_log_and_a_restart_reproduces_the_state(
     valkey: EmbeddedValkey, engines: Engines, mode: str
 ) -> None:
-    config = engines.config(snapshot_every_entries=SNAPSHOT_EVERY_ENTRIES, snapshot_mode=mode)
+    # inline_items_max 0: in fork mode every snapshot forks, however small the shard.
+    config = engines.config(
+        snapshot_every_entries=SNAPSHOT_EVERY_ENTRIES, snapshot_mode=mode, snapshot_inline_items_max=0
+    )
     engine = await engines.start(config)
     counters: dict[str, int] = {}
     charges: dict[str, int] = {}
@@ -121,7 +124,7 @@ async def test_snapshots_bound_the_log_and_a_restart_reproduces_the_state(
 
 async def test_a_node_that_cannot_fork_keeps_serving(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
     """fork can fail (no memory, no processes left): snapshots wait, commits go on."""
-    config = engines.config(snapshot_every_entries=10, snapshot_mode="fork")
+    config = engines.config(snapshot_every_entries=10, snapshot_mode="fork", snapshot_inline_items_max=0)
     engine = await engines.start(config)
 
     def no_fork() -> int:
@@ -140,3 +143,37 @@ async def test_a_node_that_cannot_fork_keeps_serving(engines: Engines, monkeypat
     assert value == CounterValue(value=51)
     await engine.snapshots.wait()
     assert engine.snapshots.stats.taken >= 1
+
+
+async def test_a_small_shard_is_snapshotted_without_a_fork(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork pauses the node for the whole process's page tables: a shard of a few objects
+    (one hot lock) is encoded on the loop instead, and only a large one forks."""
+    config = engines.config(snapshot_every_entries=10, snapshot_mode="fork", snapshot_inline_items_max=20)
+    engine = await engines.start(config)
+    forks = 0
+    fork = os.fork
+
+    def counted_fork() -> int:
+        nonlocal forks
+        forks += 1
+        return fork()
+
+    monkeypatch.setattr(os, "fork", counted_fork)
+    shard = 0
+    few = [
+        CounterAdd(namespace="small", name=name, delta=1)
+        for name in names_on_shard(engine, "counter", "small", shard, 5)
+    ]
+    for cmd in few * 12:  # past the snapshot threshold, on a shard of 5 objects
+        await engine.execute(cmd)
+    await engine.snapshots.wait()
+    assert engine.snapshots.stats.taken >= 1 and forks == 0
+
+    many = [
+        CounterAdd(namespace="large", name=name, delta=1)
+        for name in names_on_shard(engine, "counter", "large", shard, 40, prefix="big")
+    ]
+    for cmd in many:  # 40 objects on the same shard: past inline_items_max
+        await engine.execute(cmd)
+    await engine.snapshots.wait()
+    assert forks >= 1

@@ -444,6 +444,10 @@ class ShardState:
             self._rate_wheel.add(ratelimit.reset_at_ms(state), key)
 
     # --- snapshots --------------------------------------------------------------------------------
+    def snapshot_items(self) -> int:
+        """How much a snapshot has to encode: objects and remembered answers."""
+        return len(self.locks) + len(self.semaphores) + len(self.counters) + len(self.rates) + len(self.remembered)
+
     def snapshot(self) -> bytes:
         return _snapshot_encoder.encode(
             Snapshot(

@@ -107,6 +107,7 @@ class EngineConfig:
     snapshot_every_entries: int = limits.SNAPSHOT_EVERY_ENTRIES
     snapshot_every_ms: int = limits.SNAPSHOT_EVERY_MS
     snapshot_mode: SnapshotMode = "fork"
+    snapshot_inline_items_max: int = limits.SNAPSHOT_INLINE_ITEMS_MAX
     max_objects_per_namespace: int = limits.OBJECTS_PER_NAMESPACE_MAX
     owner_lease_ms: int = limits.OWNER_LEASE_MS
 
@@ -134,7 +135,7 @@ class Engine:
         self.broken: str | None = None  # why the node can no longer serve, if one of its loops died
         self._reloading: set[int] = set()
         self.stats = EngineStats()
-        self.snapshots = Snapshotter(store, self.config.snapshot_mode)
+        self.snapshots = Snapshotter(store, self.config.snapshot_mode, self.config.snapshot_inline_items_max)
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:

@@ -3,8 +3,9 @@
 Encoding a shard of a million objects takes far longer than a request may wait, so by
 default the node forks, as Redis does for BGSAVE: the child holds a copy-on-write view of
 the state at one LSN, encodes it and writes it with the fenced SNAPSHOT script, while the
-parent goes on serving. The parent's only pause is the fork itself. Where fork is not
-available (or for tests) the state is encoded in-process.
+parent goes on serving. The parent's only pause is the fork itself, which grows with the
+whole process, not with the shard: small states (a few thousand items) are cheaper to
+encode in-process, and so is everything where fork is not available (or for tests).
 
 A snapshot is taken only at a commit boundary (state LSN == sealed LSN), so the log
 records it trims are exactly the ones it covers.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..core.shard_state import ShardState
+from ..limits import SNAPSHOT_INLINE_ITEMS_MAX
 from ..storage.log import RedisLog, write_snapshot_blocking
 
 log = logging.getLogger("lockgate.snapshots")
@@ -50,9 +52,10 @@ class SnapshotStats:
 
 
 class Snapshotter:
-    def __init__(self, store: RedisLog, mode: SnapshotMode) -> None:
+    def __init__(self, store: RedisLog, mode: SnapshotMode, inline_items_max: int = SNAPSHOT_INLINE_ITEMS_MAX) -> None:
         self._store = store
         self._mode: SnapshotMode = mode if hasattr(os, "fork") else "inline"
+        self._inline_items_max = inline_items_max
         self._running: asyncio.Task[None] | None = None
         self._not_before = 0.0  # monotonic: after a fork failed, when to try again
         self.stats = SnapshotStats()
@@ -68,7 +71,11 @@ class Snapshotter:
         if not jobs or self.busy:
             return False
         started = time.perf_counter()
-        if self._mode == "fork":
+        # A fork pauses the loop for as long as it takes to copy the page tables of the whole
+        # process, however small the shard: a hot shard with a few objects (one contended
+        # lock) would pay that every few seconds. Small states are cheaper to encode here.
+        small = sum(job.state.snapshot_items() for job in jobs) <= self._inline_items_max
+        if self._mode == "fork" and not small:
             try:
                 pid = _fork_writer(self._store.url, jobs)
             except OSError as error:
