@@ -38,7 +38,19 @@ from lockgate_server.engine.node import Engine, new_lease_id
 from lockgate_server.storage.embedded import EmbeddedValkey
 from lockgate_server.storage.log import RedisLog
 
-from .common import CpuWatch, Measurement, Operation, Watch, filesystem_of, machine_facts, percentile, run_closed_loop
+from .common import (
+    CpuWatch,
+    Measurement,
+    Operation,
+    Timing,
+    Watch,
+    apply_timing,
+    bench_parser,
+    filesystem_of,
+    machine_facts,
+    percentile,
+    run_closed_loop,
+)
 
 TASKS = 64
 KEYS = 10_000
@@ -342,18 +354,12 @@ def print_table(document: dict[str, Any]) -> None:
     print(f"note: {document['note']}")
 
 
+TIMING = Timing(seconds=10.0, warmup=1.0, quick_seconds=2.0, quick_warmup=0.5)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_engine", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per workload (default 10)")
-    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per workload (default 1)")
-    parser.add_argument("--quick", action="store_true", help="2 s per workload, 0.5 s warm-up")
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help=f"JSON results (default {RESULTS_PATH})")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seconds = 2.0
-    if args.warmup is None:
-        args.warmup = 0.5 if args.quick else 1.0
-    return args
+    parser = bench_parser("loadtests.bench_engine", __doc__, RESULTS_PATH, TIMING)
+    return apply_timing(parser.parse_args(argv), TIMING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,7 +42,17 @@ import redis.asyncio as redis
 from lockgate_server.harness import ServerProcess
 from lockgate_server.storage.embedded import EmbeddedValkey, free_port
 
-from .common import CpuWatch, Measurement, filesystem_of, machine_facts, percentile, run_closed_loop
+from .common import (
+    CpuWatch,
+    Measurement,
+    Timing,
+    apply_timing,
+    bench_parser,
+    filesystem_of,
+    machine_facts,
+    percentile,
+    run_closed_loop,
+)
 
 CONNECTIONS = 64
 """wrk connections and limits callers."""
@@ -452,20 +462,14 @@ def print_table(document: dict[str, Any]) -> None:
     )
 
 
+TIMING = Timing(seconds=10.0, warmup=2.0, quick_seconds=3.0, quick_warmup=1.0)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_gateway", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per workload (default 10)")
-    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per workload (default 2)")
-    parser.add_argument("--quick", action="store_true", help="3 s per workload, 1 s warm-up")
+    parser = bench_parser("loadtests.bench_gateway", __doc__, RESULTS_PATH, TIMING)
     parser.add_argument("--grpc-processes", type=int, default=GRPC_PROCESSES, help="gRPC driver processes")
     parser.add_argument("--grpc-concurrency", type=int, default=GRPC_CONCURRENCY, help="in-flight calls per driver")
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help=f"JSON results (default {RESULTS_PATH})")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seconds = 3.0
-    if args.warmup is None:
-        args.warmup = 1.0 if args.quick else 2.0
-    return args
+    return apply_timing(parser.parse_args(argv), TIMING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import platform
@@ -189,3 +190,42 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state is fields[0]
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a benchmark measures each workload, normally and with --quick."""
+
+    seconds: float
+    warmup: float
+    quick_seconds: float
+    quick_warmup: float
+
+
+def bench_parser(prog: str, doc: str | None, results: Path, timing: Timing) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --seconds, --warmup, --quick, --output."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=(doc or "").splitlines()[0])
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=timing.seconds,
+        help=f"measured seconds per workload (default {timing.seconds:g})",
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=None, help=f"warm-up seconds per workload (default {timing.warmup:g})"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{timing.quick_seconds:g} s per workload, {timing.quick_warmup:g} s warm-up",
+    )
+    parser.add_argument("--output", type=Path, default=results, help=f"JSON results (default {results})")
+    return parser
+
+
+def apply_timing(args: argparse.Namespace, timing: Timing) -> argparse.Namespace:
+    if args.quick:
+        args.seconds = timing.quick_seconds
+    if args.warmup is None:
+        args.warmup = timing.quick_warmup if args.quick else timing.warmup
+    return args
