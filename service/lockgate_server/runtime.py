@@ -59,6 +59,7 @@ class Runtime:
                 commit_timeout_ms=settings.commit_timeout_ms,
                 snapshot_every_entries=settings.snapshot_every_entries,
                 snapshot_every_ms=settings.snapshot_every_ms,
+                snapshot_inline_items_max=settings.snapshot_inline_items_max,
                 max_objects_per_namespace=settings.max_objects_per_namespace,
             )
             self.engine = Engine(store, config)

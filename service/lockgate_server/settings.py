@@ -74,6 +74,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A shard snapshots after this many log entries ..."""
     snapshot_every_ms: Annotated[int, msgspec.Meta(ge=100)] = limits.SNAPSHOT_EVERY_MS
     """... or after this long with changes."""
+    snapshot_inline_items_max: Annotated[int, msgspec.Meta(ge=0)] = limits.SNAPSHOT_INLINE_ITEMS_MAX
+    """Shards of up to this many items are snapshotted on the serving loop; larger ones by a fork."""
 
 
 def _env_value(raw: str, field_type: Any) -> Any:

@@ -87,7 +87,7 @@ async def admin_client(url: str) -> AsyncIterator[redis.Redis]:
 
 
 async def shard_epochs(client: redis.Redis, shard_count: int) -> dict[int, int]:
-    values = [await client.get(shard_keys(shard)[0]) for shard in range(shard_count)]
+    values = [await client.get(shard_keys(shard).epoch) for shard in range(shard_count)]
     return {shard: int(value or 0) for shard, value in enumerate(values)}
 
 
@@ -126,7 +126,7 @@ async def execute_until_served(engine: Engine, cmd: Command, *, timeout_s: float
 
 async def log_entries(client: redis.Redis, shard: int) -> int:
     """How many ops the shard's log in the store holds (entries of all its records)."""
-    records = await client.xrange(shard_keys(shard)[2])
+    records = await client.xrange(shard_keys(shard).log)
     return sum(len(record_decoder.decode(fields[b"r"]).entries) for _id, fields in records)
 
 

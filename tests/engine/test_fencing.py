@@ -7,7 +7,7 @@ it answers with a retryable error and never serves that shard again.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,11 +26,12 @@ from lockgate_server.core.ops import (
     Renew,
     Renewed,
 )
-from lockgate_server.engine.node import SlotStatus, new_lease_id
-from lockgate_server.errors import RetryableError, Unavailable
+from lockgate_server.engine.node import PendingCommit, SlotStatus, new_lease_id
+from lockgate_server.errors import OutcomeUnknown, RetryableError, Unavailable
 from lockgate_server.storage.embedded import EmbeddedValkey
+from lockgate_server.storage.log import ShardHistory, Taken
 
-from .support import admin_client, eventually, one_name_per_shard, shard_epochs
+from .support import admin_client, eventually, execute_until_served, one_name_per_shard, shard_epochs
 
 if TYPE_CHECKING:
     from conftest import Engines
@@ -184,3 +185,47 @@ async def test_deposed_owner_does_not_confirm_superseded_tokens(engines: Engines
         assert isinstance(info, LeaseInfo) and info.token == granted_by_new.token, (
             f"the deposed node reports {info!r}; the owner has granted token {granted_by_new.token}"
         )
+
+
+@pytest.mark.parametrize("fault", ["the take's reply is lost", "the store fails right after the take"])
+async def test_a_reload_interrupted_after_its_take_keeps_the_shard(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A take that the store applied counts as ours even if we never heard of it.
+
+    The store bumped the epoch for us; a retry of the reload must not read that as another
+    node's takeover, or a single node gives up its own shard until it restarts.
+    """
+    engine = await engines.start()
+    add = CounterAdd(namespace=NAMESPACE, name="c", delta=1)
+    shard = engine.shard_of(add)
+    await engine.execute(add)
+    store = engine._store
+    take, read_history = store.take, store.read_history
+
+    async def take_then_lose_the_reply(*args: Any, **kwargs: Any) -> Taken:
+        monkeypatch.setattr(store, "take", take)
+        await take(*args, **kwargs)
+        raise ConnectionError("the reply was lost")
+
+    async def fail_after_the_take(*args: Any, **kwargs: Any) -> ShardHistory:
+        monkeypatch.setattr(store, "read_history", read_history)
+        raise ConnectionError("the store went away")
+
+    if fault == "the take's reply is lost":
+        monkeypatch.setattr(store, "take", take_then_lose_the_reply)
+    else:
+        monkeypatch.setattr(store, "read_history", fail_after_the_take)
+    seal = engine._seal
+
+    def fail_once(pending: PendingCommit) -> object:  # any failed commit makes the shard reload
+        monkeypatch.setattr(engine, "_seal", seal)
+        raise RuntimeError("a commit that could not be written")
+
+    monkeypatch.setattr(engine, "_seal", fail_once)
+    with pytest.raises(OutcomeUnknown):
+        await engine.execute(add)
+
+    assert await execute_until_served(engine, CounterGet(namespace=NAMESPACE, name="c")) == CounterValue(value=1)
+    assert engine.slot_statuses()[shard] is SlotStatus.READY
+    assert store.take == take and store.read_history == read_history, "the fault was never injected"

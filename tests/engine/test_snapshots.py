@@ -94,8 +94,10 @@ async def test_snapshots_bound_the_log_and_a_restart_reproduces_the_state(
             sizes = [await log_entries(admin, shard) for shard in range(config.shard_count)]
             longest_log = max(longest_log, *sizes)
         await engine.snapshots.wait()
-        lsns = [int(await admin.get(shard_keys(shard)[1]) or 0) for shard in range(config.shard_count)]
-        snapshot_lsns = [int(await admin.hget(shard_keys(shard)[3], "lsn") or 0) for shard in range(config.shard_count)]
+        lsns = [int(await admin.get(shard_keys(shard).lsn) or 0) for shard in range(config.shard_count)]
+        snapshot_lsns = [
+            int(await admin.hget(shard_keys(shard).snap, "lsn") or 0) for shard in range(config.shard_count)
+        ]
 
     # Every shard logged far more than it keeps: snapshots trimmed the rest.
     assert min(lsns) >= 4 * SNAPSHOT_EVERY_ENTRIES

@@ -144,7 +144,7 @@ class Engine:
         self._run_loop(self._reply_loop(), "lockgate-replies")
         self._reloading.update(self._slots)
         try:
-            await asyncio.gather(*(self._load(slot, expected_epoch=None) for slot in self._slots.values()))
+            await asyncio.gather(*(self._load(slot, only_if_ours=False) for slot in self._slots.values()))
         finally:
             self._reloading.clear()
         self._run_loop(self._sweep_loop(), "lockgate-sweeper")
@@ -377,11 +377,11 @@ class Engine:
                     appends = self._seal(pending)
                     reply = await self._store.send_commit(appends)
                 except STORE_ERRORS as error:
-                    self._abandon(pending, OutcomeUnknown(f"the store could not be reached: {error!r}"), set())
+                    self._abandon(pending, OutcomeUnknown(f"the store could not be reached: {error!r}"))
                     continue
                 except Exception as error:  # a bug in sealing: lose this commit, not the committer
                     log.exception("could not build a commit; its shards reload from the store")
-                    self._abandon(pending, OutcomeUnknown(f"the node could not write the commit: {error!r}"), set())
+                    self._abandon(pending, OutcomeUnknown(f"the node could not write the commit: {error!r}"))
                     continue
                 self._in_flight.append((pending, appends, reply, time.perf_counter()))
                 self._replied.set()
@@ -399,9 +399,10 @@ class Engine:
                 async with asyncio.timeout(max(0.0, sent_at + timeout_s - time.perf_counter())):
                     check_commit(await asyncio.shield(reply), appends)
             except FenceRefused as refused:
+                # Another node may have taken the shards, or our own take outran this commit:
+                # the reloads tell which, and take back only what is still ours.
                 log.warning("commit refused: %s", refused)
-                lost = set(refused.shards) if refused.reason == "epoch" else set()
-                self._settle_first(pending, Unavailable(str(refused)), lost)
+                self._settle_first(pending, Unavailable(str(refused)))
             except STORE_ERRORS as error:
                 log.warning("commit outcome unknown: %r", error)
                 # Replies behind this one can no longer be matched to their commits.
@@ -415,9 +416,9 @@ class Engine:
             if self._pending.wanted:
                 self._wakeup.set()
 
-    def _settle_first(self, pending: PendingCommit, error: LockgateError, lost: set[int] | None = None) -> None:
+    def _settle_first(self, pending: PendingCommit, error: LockgateError) -> None:
         self._in_flight.popleft()
-        self._abandon(pending, error, lost or set())
+        self._abandon(pending, error)
 
     def _seal(self, pending: PendingCommit) -> list[ShardAppend]:
         appends = []
@@ -465,18 +466,13 @@ class Engine:
                 if not future.done():
                     future.set_result(notice.result)
 
-    def _abandon(self, failed: PendingCommit, error: LockgateError, lost: set[int]) -> None:
+    def _abandon(self, failed: PendingCommit, error: LockgateError) -> None:
         """Throw away the speculative state of every shard in a failed commit and reload them."""
         self.stats.failed_commits += 1
         _fail_gate(failed.gate, error)
         for slot in failed.slots.values():
             self._drop_speculation(slot, error)
-            if slot.shard in lost:
-                slot.status = SlotStatus.LOST
-            elif slot.status is not SlotStatus.LOST:
-                slot.status = SlotStatus.LOADING
-                if slot.shard not in self._reloading and not self._stopping:
-                    self._spawn(self._reload(slot))
+            self._begin_reload(slot)
 
     def _drop_speculation(self, slot: Slot, error: LockgateError) -> None:
         slot.generation += 1
@@ -497,15 +493,13 @@ class Engine:
         slot.status = SlotStatus.LOST
 
     # --- loading and reloading ---------------------------------------------------------------
-    async def _load(self, slot: Slot, *, expected_epoch: int | None) -> None:
+    async def _load(self, slot: Slot, *, only_if_ours: bool) -> None:
         """Take the shard (bumping its epoch fences off any other owner), replay, recover."""
         lease_s = self.config.owner_lease_ms / 1000
-        if expected_epoch is not None:
+        if only_if_ours:
             await self._store.connect()  # a store restarted from its AOF has forgotten our scripts
         taken_at = time.monotonic()
-        taken = await self._store.take(
-            slot.shard, self.node_id, self.config.owner_lease_ms, expected_epoch=expected_epoch
-        )
+        taken = await self._store.take(slot.shard, self.node_id, self.config.owner_lease_ms, only_if_ours=only_if_ours)
         if not taken.ok:
             self._lose(slot, "another node has taken it")
             return
@@ -533,6 +527,14 @@ class Engine:
         await self._through_gate(slot, generation)  # the Recover is durable before anyone is served
         slot.status = SlotStatus.READY
 
+    def _begin_reload(self, slot: Slot) -> None:
+        """Stop serving `slot` until it is reloaded; only the store's TAKE may declare it lost."""
+        if slot.status is SlotStatus.LOST:
+            return
+        slot.status = SlotStatus.LOADING
+        if slot.shard not in self._reloading and not self._stopping:
+            self._spawn(self._reload(slot))
+
     async def _reload(self, slot: Slot) -> None:
         self.stats.reloads += 1
         self._reloading.add(slot.shard)
@@ -540,7 +542,7 @@ class Engine:
         try:
             while not self._stopping and slot.status is not SlotStatus.LOST:
                 try:
-                    await self._load(slot, expected_epoch=slot.epoch)
+                    await self._load(slot, only_if_ours=True)
                     log.info("shard %d reloaded at LSN %d", slot.shard, slot.state.lsn)
                     return
                 except (*STORE_ERRORS, LockgateError) as error:
@@ -602,9 +604,7 @@ class Engine:
                     # Taken by another node, or our lease ran out while the store was away:
                     # a reload tells which (it takes the shard back only if nobody else did).
                     self._drop_speculation(slot, Unavailable("ownership of the shard is being re-established"))
-                    slot.status = SlotStatus.LOADING
-                    if slot.shard not in self._reloading and not self._stopping:
-                        self._spawn(self._reload(slot))
+                    self._begin_reload(slot)
                 elif slot.status is SlotStatus.READY:
                     slot.owned_until = sent_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import redis
@@ -73,17 +73,17 @@ SNAPSHOT_WAIT_S: Final = 10.0
 
 
 # TAKE: become the owner of one shard.
-# KEYS: epoch, owner
-# ARGV: node_id, lease_ms, expected_epoch ('' to take it whoever holds it)
+# KEYS: epoch, owner, taker
+# ARGV: node_id, lease_ms, only_if_ours ('1': a reload; '' to take it whoever holds it)
 # Returns: {'ok', epoch, wait_ms}: the new epoch, and how long the previous owner may still
 #          believe it owns the shard (serve nothing before that; our lease covers the wait
-#          plus lease_ms); {'moved', 0, 0} when
-#          expected_epoch is given and the shard is no longer ours.
+#          plus lease_ms); {'moved', 0, 0} when only_if_ours is given and another node has
+#          taken the shard since this node last did.
+# `taker` (who took the latest epoch, never expires) answers "still ours?" even when our own
+# earlier take was applied but its reply was lost, which a comparison of epochs cannot.
 TAKE_SCRIPT: Final = """
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'moved', 0, 0} end
 local owner = redis.call('GET', KEYS[2])
-if ARGV[3] ~= '' then
-  if redis.call('GET', KEYS[1]) ~= ARGV[3] or (owner and owner ~= ARGV[1]) then return {'moved', 0, 0} end
-end
 local wait = 0
 if owner and owner ~= ARGV[1] then
   wait = redis.call('PTTL', KEYS[2])
@@ -91,6 +91,7 @@ if owner and owner ~= ARGV[1] then
 end
 local epoch = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]) + wait)
+redis.call('SET', KEYS[3], ARGV[1])
 return {'ok', epoch, wait}
 """
 
@@ -149,7 +150,7 @@ class FenceRefused(Exception):
     def __init__(self, reason: str, shards: list[int], found: str) -> None:
         super().__init__(f"shards {shards}: {reason} is not as expected (e.g. {found!r}) in the store")
         self.reason = reason
-        self.shards = shards  # for 'epoch': every shard another owner has taken
+        self.shards = shards
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +179,19 @@ class ShardHistory:
     last_alive_ms: int
 
 
-def shard_keys(shard: int) -> tuple[str, str, str, str, str, str]:
-    """epoch, lsn, log, snap, alive, owner."""
+class ShardKeys(NamedTuple):
+    epoch: str
+    lsn: str
+    log: str
+    snap: str
+    alive: str
+    owner: str
+    taker: str
+
+
+def shard_keys(shard: int) -> ShardKeys:
     tag = f"{{lg:{shard}}}"
-    return f"{tag}:epoch", f"{tag}:lsn", f"{tag}:log", f"{tag}:snap", f"{tag}:alive", f"{tag}:owner"
+    return ShardKeys(*(f"{tag}:{part}" for part in ShardKeys._fields))
 
 
 class RedisLog:
@@ -222,8 +232,8 @@ class RedisLog:
         keys: list[str] = []
         args: list[bytes | int] = []
         for append in appends:
-            epoch_key, lsn_key, log_key, *_ = shard_keys(append.shard)
-            keys += [epoch_key, lsn_key, log_key]
+            of_shard = shard_keys(append.shard)
+            keys += [of_shard.epoch, of_shard.lsn, of_shard.log]
             args += [append.epoch, append.prev_lsn, append.last_lsn, append.record]
         assert self._commit_sha is not None, "connect() first"
         await self._commits.connect()
@@ -235,50 +245,51 @@ class RedisLog:
 
     async def write_snapshot(self, shard: int, epoch: int, lsn: int, snapshot: bytes) -> str:
         """Store a snapshot once the log has reached its LSN; the script's answer."""
-        epoch_key, lsn_key, log_key, snap_key, *_ = shard_keys(shard)
+        keys = shard_keys(shard)
         deadline = time.monotonic() + SNAPSHOT_WAIT_S
         while True:
             answer = await self._other.eval(
-                SNAPSHOT_SCRIPT, 4, epoch_key, lsn_key, log_key, snap_key, epoch, lsn, snapshot
+                SNAPSHOT_SCRIPT, 4, keys.epoch, keys.lsn, keys.log, keys.snap, epoch, lsn, snapshot
             )
             answer = answer.decode() if isinstance(answer, bytes) else str(answer)
             if answer != "wait" or time.monotonic() > deadline:
                 return answer
             await asyncio.sleep(0.01)
 
-    async def take(self, shard: int, node_id: str, lease_ms: int, *, expected_epoch: int | None) -> Taken:
+    async def take(self, shard: int, node_id: str, lease_ms: int, *, only_if_ours: bool) -> Taken:
         """Become the owner of `shard` (every other owner's next commit is refused).
 
-        With `expected_epoch` (a reload after a failed commit) only if the shard is still
-        ours: a shard another node has taken since stays taken.
+        With `only_if_ours` (a reload) only if no other node has taken it since we last did:
+        a shard another node has taken stays taken.
         """
-        epoch_key, _, _, _, _, owner_key = shard_keys(shard)
-        expected = "" if expected_epoch is None else str(expected_epoch)
-        answer = await self._other.eval(TAKE_SCRIPT, 2, epoch_key, owner_key, node_id, lease_ms, expected)
+        keys = shard_keys(shard)
+        answer = await self._other.eval(
+            TAKE_SCRIPT, 3, keys.epoch, keys.owner, keys.taker, node_id, lease_ms, "1" if only_if_ours else ""
+        )
         status, epoch, wait_ms = answer
         return Taken(status.decode() == "ok", int(epoch), int(wait_ms))
 
     async def renew(self, shards: list[int], node_id: str, lease_ms: int, now_ms: int) -> list[int]:
         """Extend our ownership of `shards` and note we are alive; returns the shards we lost."""
-        keys = [key for shard in shards for key in (shard_keys(shard)[5], shard_keys(shard)[4])]
+        keys = [key for shard in shards for key in (shard_keys(shard).owner, shard_keys(shard).alive)]
         lost = await self._other.eval(RENEW_SCRIPT, len(keys), *keys, node_id, lease_ms, now_ms)
         return [shards[int(position) - 1] for position in lost]
 
     async def release(self, shards: list[int], node_id: str) -> None:
         if shards:
-            keys = [shard_keys(shard)[5] for shard in shards]
+            keys = [shard_keys(shard).owner for shard in shards]
             await self._other.eval(RELEASE_SCRIPT, len(keys), *keys, node_id)
 
     async def read_history(self, shard: int, epoch: int) -> ShardHistory:
-        _, lsn_key, log_key, snap_key, alive_key, _ = shard_keys(shard)
+        keys = shard_keys(shard)
         async with self._other.pipeline(transaction=False) as pipe:
-            pipe.get(lsn_key).hmget(snap_key, "lsn", "data").get(alive_key)
+            pipe.get(keys.lsn).hmget(keys.snap, "lsn", "data").get(keys.alive)
             lsn_raw, (snap_lsn_raw, snapshot), alive_raw = await pipe.execute()
         snapshot_lsn = int(snap_lsn_raw or 0)
         records: list[LogRecord] = []
         start = f"{snapshot_lsn + 1}-0"
         while True:
-            page = await self._other.xrange(log_key, min=start, max="+", count=RECOVERY_PAGE_RECORDS)
+            page = await self._other.xrange(keys.log, min=start, max="+", count=RECOVERY_PAGE_RECORDS)
             for _entry_id, fields in page:
                 records.append(record_decoder.decode(fields[b"r"]))
             if len(page) < RECOVERY_PAGE_RECORDS:
@@ -296,14 +307,14 @@ class RedisLog:
 
 def write_snapshot_blocking(url: str, shard: int, epoch: int, lsn: int, snapshot: bytes) -> str:
     """The same as RedisLog.write_snapshot, for a forked snapshot process (no event loop)."""
-    epoch_key, lsn_key, log_key, snap_key, *_ = shard_keys(shard)
+    keys = shard_keys(shard)
     client: Any = redis.Redis.from_url(url)
     try:
         deadline = time.monotonic() + SNAPSHOT_WAIT_S
         # Wait cheaply for the commit carrying `lsn` before sending a large blob.
-        while int(client.get(lsn_key) or 0) < lsn and time.monotonic() < deadline:
+        while int(client.get(keys.lsn) or 0) < lsn and time.monotonic() < deadline:
             time.sleep(0.005)
-        answer = client.eval(SNAPSHOT_SCRIPT, 4, epoch_key, lsn_key, log_key, snap_key, epoch, lsn, snapshot)
+        answer = client.eval(SNAPSHOT_SCRIPT, 4, keys.epoch, keys.lsn, keys.log, keys.snap, epoch, lsn, snapshot)
         return answer.decode() if isinstance(answer, bytes) else str(answer)
     finally:
         client.close()
