@@ -533,11 +533,13 @@ class Engine:
             return
         slot.status = SlotStatus.LOADING
         if slot.shard not in self._reloading and not self._stopping:
+            # Marked now, not when the task starts: two failures in one tick must not start two
+            # reloads, whose takes would fence each other's commits forever.
+            self._reloading.add(slot.shard)
             self._spawn(self._reload(slot))
 
     async def _reload(self, slot: Slot) -> None:
         self.stats.reloads += 1
-        self._reloading.add(slot.shard)
         delay = 0.05
         try:
             while not self._stopping and slot.status is not SlotStatus.LOST:
