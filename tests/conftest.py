@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -60,7 +61,12 @@ class Engines:
             stopping = asyncio.ensure_future(engine.stop())
             done, _ = await asyncio.wait({stopping}, timeout=ENGINE_STOP_TIMEOUT_S)
             if not done:
-                raise AssertionError(f"engine.stop() did not finish within {ENGINE_STOP_TIMEOUT_S} s")
+                stacks = io.StringIO()
+                for task in asyncio.all_tasks():
+                    task.print_stack(file=stacks)
+                raise AssertionError(
+                    f"engine.stop() did not finish within {ENGINE_STOP_TIMEOUT_S} s; tasks:\n{stacks.getvalue()}"
+                )
             stopping.result()
 
     async def stop_all(self) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,7 +37,10 @@ class AsyncTransport:
     subset we need (Content-Length or chunked answers, keep-alive) is small.
     """
 
-    def __init__(self, base_url: str, api_key: str | None, timeouts: Timeouts, max_connections: int) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None, timeouts: Timeouts, max_connections: int, node: int = 0
+    ) -> None:
+        self.node = node
         parts = urlsplit(base_url)
         if parts.scheme != "http":
             raise ValueError("only http:// URLs are supported (put TLS in front with a sidecar)")
@@ -76,7 +79,7 @@ class AsyncTransport:
                 self._idle.append(connection)
             else:
                 connection.close()
-        return Response(status, _core.decode_body(data))
+        return Response(status, _core.decode_body(data), self.node)
 
     async def _connect(self, timeout: float) -> _Connection:
         try:
@@ -90,6 +93,36 @@ class AsyncTransport:
         for connection in self._idle:
             connection.close()
         self._idle.clear()
+
+
+class AsyncNodes:
+    """Transports to every node of a deployment, used one at a time (see `_core.Nodes`)."""
+
+    def __init__(self, urls: list[str], api_key: str | None, timeouts: Timeouts, max_connections: int) -> None:
+        self._transports = [
+            AsyncTransport(url, api_key, timeouts, max_connections, node) for node, url in enumerate(urls)
+        ]
+        self._nodes = _core.Nodes(len(urls))
+
+    @property
+    def requests_sent(self) -> int:
+        return sum(transport.requests_sent for transport in self._transports)
+
+    async def request(self, method: str, path: str, body: bytes, timeout: float) -> Response:
+        index = self._nodes.current
+        try:
+            return await self._transports[index].request(method, path, body, timeout)
+        except errors.TransportError:
+            self._nodes.failed(index)
+            raise
+
+    def failed(self, node: int) -> None:
+        """`node` answered 503 (the whole request or one op of a batch): try the next one."""
+        self._nodes.failed(node)
+
+    async def close(self) -> None:
+        for transport in self._transports:
+            await transport.close()
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
@@ -118,7 +151,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes
 class _Batcher:
     """Calls made in the same event-loop tick leave as one /v1/batch request."""
 
-    def __init__(self, transport: AsyncTransport, max_ops: int) -> None:
+    def __init__(self, transport: AsyncNodes, max_ops: int) -> None:
         self._transport = transport
         self._max_ops = max_ops
         self._queue: list[tuple[Call[Any], float, asyncio.Future[Response]]] = []
@@ -167,7 +200,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:8420",
+        url: str | Sequence[str] = "http://127.0.0.1:8420",
         *,
         api_key: str | None = None,
         namespace: str = "default",
@@ -177,10 +210,12 @@ class AsyncClient:
         max_batch_ops: int = 256,
         max_connections: int = 32,
     ) -> None:
+        """`url`: a node, or every node of a deployment (a list, or comma-separated): the client
+        talks to one and moves to the next when it cannot connect or gets a 503."""
         self.namespace = namespace
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
-        self._transport = AsyncTransport(url, api_key, self.timeouts, max_connections)
+        self._transport = AsyncNodes(_core.node_urls(url), api_key, self.timeouts, max_connections)
         self._batcher = _Batcher(self._transport, max_batch_ops) if batching else None
         self._rng = random.Random()
 
@@ -218,6 +253,8 @@ class AsyncClient:
                 except errors.TransportError as error:
                     action = steps.throw(error)
                     continue
+                if response.status == 503:
+                    self._transport.failed(response.node)
                 action = steps.send(response)
         except StopIteration as finished:
             return finished.value  # type: ignore[no-any-return]

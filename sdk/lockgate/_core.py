@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -113,6 +113,33 @@ class RetryPolicy:
         return jittered
 
 
+# --- nodes ------------------------------------------------------------------------------------------
+def node_urls(url: str | Sequence[str]) -> list[str]:
+    """The nodes of one deployment: one URL, a comma-separated list, or a sequence of URLs."""
+    urls = [part.strip() for part in url.split(",")] if isinstance(url, str) else [part.strip() for part in url]
+    urls = [part for part in urls if part]
+    if not urls:
+        raise ValueError("give at least one node URL")
+    return urls
+
+
+class Nodes:
+    """Which of several nodes (an active one and its standbys) to send to.
+
+    Stick with one while it answers; after a connection failure or a 503 (a standby, a node
+    stopping, a store away), of a whole request or of one op in a batch, move on to the next,
+    so the retry that follows tries another node.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.current = 0
+
+    def failed(self, index: int) -> None:
+        if index == self.current:  # concurrent failures of one node move on once
+            self.current = (index + 1) % self.count
+
+
 # --- calls ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Call(Generic[T]):
@@ -144,6 +171,7 @@ class Call(Generic[T]):
 class Response:
     status: int
     payload: Any  # decoded body
+    node: int = 0  # which of the client's nodes answered
 
 
 @dataclass(frozen=True)
@@ -173,8 +201,10 @@ def split_batch(response: Response, count: int) -> list[Response]:
     if response.status != 200:
         return [response] * count
     items = response.payload["results"]
+    node = response.node
     return [
-        Response(item["status"], item.get("body") if item["status"] == 200 else item.get("problem")) for item in items
+        Response(item["status"], item.get("body") if item["status"] == 200 else item.get("problem"), node)
+        for item in items
     ]
 
 

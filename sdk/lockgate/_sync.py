@@ -8,7 +8,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -22,7 +22,8 @@ T = TypeVar("T")
 class SyncTransport:
     """A thread-safe pool of keep-alive http.client connections."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeouts: Timeouts) -> None:
+    def __init__(self, base_url: str, api_key: str | None, timeouts: Timeouts, node: int = 0) -> None:
+        self.node = node
         parts = urlsplit(base_url)
         if parts.scheme != "http":
             raise ValueError("only http:// URLs are supported (put TLS in front with a sidecar)")
@@ -60,7 +61,7 @@ class SyncTransport:
             connection.close()
         else:
             self._idle.put(connection)
-        return Response(answer.status, _core.decode_body(data))
+        return Response(answer.status, _core.decode_body(data), self.node)
 
     def close(self) -> None:
         while True:
@@ -70,22 +71,52 @@ class SyncTransport:
                 return
 
 
+class SyncNodes:
+    """Transports to every node of a deployment, used one at a time (see `_core.Nodes`)."""
+
+    def __init__(self, urls: list[str], api_key: str | None, timeouts: Timeouts) -> None:
+        self._transports = [SyncTransport(url, api_key, timeouts, node) for node, url in enumerate(urls)]
+        self._nodes = _core.Nodes(len(urls))
+
+    @property
+    def requests_sent(self) -> int:
+        return sum(transport.requests_sent for transport in self._transports)
+
+    def request(self, method: str, path: str, body: bytes, read_timeout: float) -> Response:
+        index = self._nodes.current
+        try:
+            return self._transports[index].request(method, path, body, read_timeout)
+        except errors.TransportError:
+            self._nodes.failed(index)
+            raise
+
+    def failed(self, node: int) -> None:
+        """`node` answered 503 (the whole request or one op of a batch): try the next one."""
+        self._nodes.failed(node)
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+
+
 class Client:
     """Blocking Lockgate client; safe to share between threads."""
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:8420",
+        url: str | Sequence[str] = "http://127.0.0.1:8420",
         *,
         api_key: str | None = None,
         namespace: str = "default",
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
+        """`url`: a node, or every node of a deployment (a list, or comma-separated): the client
+        talks to one and moves to the next when it cannot connect or gets a 503."""
         self.namespace = namespace
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
-        self._transport = SyncTransport(url, api_key, self.timeouts)
+        self._transport = SyncNodes(_core.node_urls(url), api_key, self.timeouts)
         self._rng = random.Random()
 
     @property
@@ -123,6 +154,8 @@ class Client:
                 except errors.TransportError as error:
                     action = steps.throw(error)
                     continue
+                if response.status == 503:
+                    self._transport.failed(response.node)
                 action = steps.send(response)
         except StopIteration as finished:
             return finished.value  # type: ignore[no-any-return]

@@ -65,7 +65,8 @@ class ServerProcess:
         return self.process.pid  # start_new_session: the leader's pid is the group id
 
     # --- life cycle -------------------------------------------------------------------------------
-    def start(self) -> ServerProcess:
+    def start(self, *, until: str = "/readyz") -> ServerProcess:
+        """Start, and wait until `until` answers 200 (`/healthz` for a node that will stand by)."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("LOCKGATE_")}
         env.update(
             {
@@ -89,21 +90,21 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.wait_ready()
+        self.wait_ready(until)
         return self
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def wait_ready(self, path: str = "/readyz", timeout_s: float = READY_TIMEOUT_S) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"lockgate-server exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError):
-                if self.get_status("/readyz") == 200:
+                if self.get_status(path) == 200:
                     return
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"lockgate-server not ready within {timeout_s} s:\n{self.log()}")
+        raise RuntimeError(f"lockgate-server: {path} not 200 within {timeout_s} s:\n{self.log()}")
 
     def signal_group(self, signum: int) -> None:
         if self.process is not None:
@@ -140,10 +141,10 @@ class ServerProcess:
         self.process.wait()
         assert self.wait_group_gone(STOP_TIMEOUT_S), f"group {self.pgid} survived SIGKILL: {self.alive_members()}"
 
-    def restart(self) -> None:
+    def restart(self, *, until: str = "/readyz") -> None:
         """kill -9, then start again on the same data dir and port."""
         self.kill()
-        self.start()
+        self.start(until=until)
 
     def stop(self) -> None:
         """SIGCONT (it may have been left stopped), SIGTERM the group, SIGKILL what is left."""

@@ -73,8 +73,11 @@ items encode in 0.18 ms, while forking a node that holds 1.2 million objects pau
 # --- ownership --------------------------------------------------------------
 SHARDS_DEFAULT: Final = 64
 OWNER_LEASE_MS: Final = 3_000
-"""A node's lease on its shards; renewed every third of it. A node taking over a shard
-from a live or crashed owner waits out the rest of that owner's lease before serving."""
+"""A node's lease on its shards; renewed every third of it. A node takes shards over from
+another only once that node's lease has run out."""
+STANDBY_POLL_MS: Final = 500
+"""How often a standby node checks whether the live owner of its shards stopped renewing
+them; failover takes at most the owner's lease plus this, plus loading."""
 OWNER_LEASE_SAFETY: Final = 0.2
 """A node stops serving a shard this fraction of the lease before it could have expired,
 so clock-rate differences between nodes never let two of them answer at once."""

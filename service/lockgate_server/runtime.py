@@ -61,10 +61,12 @@ class Runtime:
                 snapshot_every_ms=settings.snapshot_every_ms,
                 snapshot_inline_items_max=settings.snapshot_inline_items_max,
                 max_objects_per_namespace=settings.max_objects_per_namespace,
+                standby_poll_ms=settings.standby_poll_ms,
             )
             self.engine = Engine(store, config)
             await self.engine.start()
-            log.info("ready: %d shards loaded", settings.shards)
+            if not self.engine.standing_by:
+                log.info("ready: %d shards loaded", settings.shards)
             _drain_on_sigterm(self.engine)
             yield self.engine
         finally:

@@ -70,6 +70,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A commit not confirmed by the store within this answers 503 outcome-unknown."""
     commit_ops_max: Annotated[int, msgspec.Meta(ge=1)] = limits.COMMIT_OPS_MAX
     """Ops waiting for one commit; past it new requests get 503 with Retry-After."""
+    standby_poll_ms: Annotated[int, msgspec.Meta(ge=50, le=60_000)] = limits.STANDBY_POLL_MS
+    """A standby node (its shards owned by a live node) checks this often whether it can take them over."""
     snapshot_every_entries: Annotated[int, msgspec.Meta(ge=10)] = limits.SNAPSHOT_EVERY_ENTRIES
     """A shard snapshots after this many log entries ..."""
     snapshot_every_ms: Annotated[int, msgspec.Meta(ge=100)] = limits.SNAPSHOT_EVERY_MS

@@ -1,7 +1,8 @@
 """Fencing of owners: a node that took the shards fences off the node that had them.
 
 Taking a shard increments its epoch; the old owner's next append is refused by the store,
-it answers with a retryable error and never serves that shard again.
+it answers with a retryable error and stands by: it serves that shard again only once it
+claims it back, after the new owner stops renewing it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lockgate_server.core.ops import (
 from lockgate_server.engine.node import PendingCommit, SlotStatus, new_lease_id
 from lockgate_server.errors import OutcomeUnknown, RetryableError, Unavailable
 from lockgate_server.storage.embedded import EmbeddedValkey
-from lockgate_server.storage.log import ShardHistory, Taken
+from lockgate_server.storage.log import Claimed, ShardHistory
 
 from .support import admin_client, eventually, execute_until_served, one_name_per_shard, shard_epochs
 
@@ -65,7 +66,9 @@ async def test_new_owner_fences_the_old_one(engines: Engines) -> None:
         )
         assert isinstance(renewed, Renewed)
 
-    new = await engines.start()  # takes every shard: their epochs go up
+    new = await engines.start(
+        engines.config(take_over=True)
+    )  # takes every shard from the live node: their epochs go up
 
     # The new owner sees everything the old one acknowledged.
     for name in counters.values():
@@ -78,7 +81,7 @@ async def test_new_owner_fences_the_old_one(engines: Engines) -> None:
     for shard, name in counters.items():
         with pytest.raises(Unavailable):
             await old.execute(CounterAdd(namespace=NAMESPACE, name=name, delta=100))
-        assert old.slot_statuses()[shard] is SlotStatus.LOST
+        assert old.slot_statuses()[shard] is SlotStatus.STANDBY
         # ...and it answers nothing more for that shard, writes or reads.
         lock_name = locks[shard]
         for cmd in (
@@ -89,7 +92,7 @@ async def test_new_owner_fences_the_old_one(engines: Engines) -> None:
         ):
             with pytest.raises(Unavailable):
                 await old.execute(cmd)
-    assert set(old.slot_statuses().values()) == {SlotStatus.LOST}
+    assert set(old.slot_statuses().values()) == {SlotStatus.STANDBY}
     assert not old.ready
 
     # None of the refused writes left a trace.
@@ -118,7 +121,7 @@ async def test_fenced_node_lets_go_of_every_shard_of_a_refused_commit(valkey: Em
     counters = one_name_per_shard(old, "counter", NAMESPACE, "c")
     for name in counters.values():
         await old.execute(CounterAdd(namespace=NAMESPACE, name=name, delta=1))
-    new = await engines.start()
+    new = await engines.start(engines.config(take_over=True))
     async with admin_client(valkey.url) as admin:
         epochs_of_new_owner = await shard_epochs(admin, old.config.shard_count)
 
@@ -139,7 +142,7 @@ async def test_fenced_node_lets_go_of_every_shard_of_a_refused_commit(valkey: Em
         *(new.execute(CounterAdd(namespace=NAMESPACE, name=name, delta=1)) for name in counters.values()),
         return_exceptions=True,
     )
-    taken_back = sorted(shard for shard, status in statuses.items() if status is not SlotStatus.LOST)
+    taken_back = sorted(shard for shard, status in statuses.items() if status is not SlotStatus.STANDBY)
     assert not taken_back, f"the fenced node took shards {taken_back} back from their new owner ({statuses})"
     assert epochs_now == epochs_of_new_owner
     results = [write[0] if isinstance(write, tuple) else write for write in writes]
@@ -160,7 +163,7 @@ async def test_deposed_owner_does_not_confirm_superseded_tokens(engines: Engines
     )
     assert isinstance(granted_by_old, Granted)
 
-    new = await engines.start()
+    new = await engines.start(engines.config(take_over=True))
     await new.execute(Release(kind="lock", namespace=NAMESPACE, name="moved", lease_id=first))
     granted_by_new, _ = await new.execute(
         Acquire(kind="lock", namespace=NAMESPACE, name="moved", lease_id=new_lease_id(), ttl_ms=TTL_MS)
@@ -187,11 +190,11 @@ async def test_deposed_owner_does_not_confirm_superseded_tokens(engines: Engines
         )
 
 
-@pytest.mark.parametrize("fault", ["the take's reply is lost", "the store fails right after the take"])
+@pytest.mark.parametrize("fault", ["the claim's reply is lost", "the store fails right after the claim"])
 async def test_a_reload_interrupted_after_its_take_keeps_the_shard(
     engines: Engines, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
-    """A take that the store applied counts as ours even if we never heard of it.
+    """A claim that the store applied counts as ours even if we never heard of it.
 
     The store bumped the epoch for us; a retry of the reload must not read that as another
     node's takeover, or a single node gives up its own shard until it restarts.
@@ -201,19 +204,19 @@ async def test_a_reload_interrupted_after_its_take_keeps_the_shard(
     shard = engine.shard_of(add)
     await engine.execute(add)
     store = engine._store
-    take, read_history = store.take, store.read_history
+    claim, read_history = store.claim, store.read_history
 
-    async def take_then_lose_the_reply(*args: Any, **kwargs: Any) -> Taken:
-        monkeypatch.setattr(store, "take", take)
-        await take(*args, **kwargs)
+    async def claim_then_lose_the_reply(*args: Any, **kwargs: Any) -> Claimed:
+        monkeypatch.setattr(store, "claim", claim)
+        await claim(*args, **kwargs)
         raise ConnectionError("the reply was lost")
 
     async def fail_after_the_take(*args: Any, **kwargs: Any) -> ShardHistory:
         monkeypatch.setattr(store, "read_history", read_history)
         raise ConnectionError("the store went away")
 
-    if fault == "the take's reply is lost":
-        monkeypatch.setattr(store, "take", take_then_lose_the_reply)
+    if fault == "the claim's reply is lost":
+        monkeypatch.setattr(store, "claim", claim_then_lose_the_reply)
     else:
         monkeypatch.setattr(store, "read_history", fail_after_the_take)
     seal = engine._seal
@@ -228,4 +231,4 @@ async def test_a_reload_interrupted_after_its_take_keeps_the_shard(
 
     assert await execute_until_served(engine, CounterGet(namespace=NAMESPACE, name="c")) == CounterValue(value=1)
     assert engine.slot_statuses()[shard] is SlotStatus.READY
-    assert store.take == take and store.read_history == read_history, "the fault was never injected"
+    assert store.claim == claim and store.read_history == read_history, "the fault was never injected"

@@ -66,7 +66,7 @@ EmbeddedValkey.stop's wait); tests/test_helm_chart.py checks them against the co
 {{- define "lockgate.validate" -}}
 {{- $replicas := int .Values.replicaCount }}
 {{- if or (lt $replicas 0) (gt $replicas 1) }}
-{{- fail (printf "lockgate: replicaCount is %d, but the chart runs exactly one replica (0 to stop it). One node owns every shard through a lease in the store and requests are not forwarded between nodes yet: a second pod would take the shards from the first while the Service still sent it requests." $replicas) }}
+{{- fail (printf "lockgate: replicaCount is %d, but the chart runs exactly one replica (0 to stop it). One node owns every shard through a lease in the store and requests are not forwarded between nodes yet: a second pod would stand by, never Ready, which stalls the StatefulSet's ordered rollout." $replicas) }}
 {{- end }}
 {{- if and (not .Values.auth.existingSecret) (empty .Values.auth.apiKeys) }}
 {{- fail "lockgate: set auth.apiKeys (SHA-256 hashes of your keys) or auth.existingSecret. The pod listens off loopback, where lockgate-server refuses to run without API keys (LOCKGATE_API_KEYS)." }}

@@ -13,9 +13,10 @@ The path of one op:
    state and reloads from Redis; callers get a retryable error.
 
 Ownership: a node holds each shard through an expiring lease in the store, renewed every
-third of its length. Taking a shard bumps its epoch (fencing the previous owner's commits)
-and waits out the previous owner's lease; a node serves a shard — reads included — only
-while its own lease is surely valid, so two nodes never answer for one shard at once.
+third of its length. Taking a shard bumps its epoch (fencing the previous owner's commits);
+a node serves a shard — reads included — only while its own lease is surely valid, so two
+nodes never answer for one shard at once. A node that finds its shards owned by a live node
+stands by, and takes them all once that node stops renewing them (failover).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from redis.exceptions import RedisError
 
@@ -51,6 +52,8 @@ from ..core.shard_state import Applied, ShardState
 from ..errors import LockgateError, OutcomeUnknown, QuotaExceeded, Unavailable
 from ..storage.log import (
     LOG_FORMAT_VERSION,
+    Claimed,
+    ClaimMode,
     FenceRefused,
     LogRecord,
     RedisLog,
@@ -67,6 +70,7 @@ __all__ = ["Engine", "EngineConfig", "EngineStats", "GateFuture", "SlotStatus", 
 
 log = logging.getLogger("lockgate.engine")
 
+T = TypeVar("T")
 RELOAD_BACKOFF_MAX_S = 2.0
 WAIT_GRACE_S = 5.0
 STORE_ERRORS = (RedisError, RespError, OSError, TimeoutError)
@@ -110,6 +114,10 @@ class EngineConfig:
     snapshot_inline_items_max: int = limits.SNAPSHOT_INLINE_ITEMS_MAX
     max_objects_per_namespace: int = limits.OBJECTS_PER_NAMESPACE_MAX
     owner_lease_ms: int = limits.OWNER_LEASE_MS
+    standby_poll_ms: int = limits.STANDBY_POLL_MS
+    # Take the shards at start even from a live owner, fencing it off (after its lease):
+    # what a node does to one that is wedged but still renewing. Tests use it.
+    take_over: bool = False
 
 
 class Engine:
@@ -133,22 +141,47 @@ class Engine:
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.broken: str | None = None  # why the node can no longer serve, if one of its loops died
-        self._reloading: set[int] = set()
+        self._loading: set[int] = set()  # shards a task is loading right now
         self.stats = EngineStats()
         self.snapshots = Snapshotter(store, self.config.snapshot_mode, self.config.snapshot_inline_items_max)
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        """Load every shard, or stand by if a live node owns them.
+
+        An owner that crashed leaves leases behind: start waits them out (one lease at most),
+        so a restarted node is ready when this returns. An owner that keeps renewing is alive:
+        then this returns standing by, and the node takes over once that owner stops.
+        """
         await self._store.connect()
         self._run_loop(self._commit_loop(), "lockgate-committer")
         self._run_loop(self._reply_loop(), "lockgate-replies")
-        self._reloading.update(self._slots)
+        slots = list(self._slots.values())
+        mode: ClaimMode = "force" if self.config.take_over else "free"
+        poll_s = self.config.standby_poll_ms / 1000
+        give_up_at = time.monotonic() + self.config.owner_lease_ms / 1000 + poll_s
+        self._loading.update(self._slots)
         try:
-            await asyncio.gather(*(self._load(slot, only_if_ours=False) for slot in self._slots.values()))
+            while True:
+                claimed, taken_at = await self._claim(slots, mode)
+                if claimed.ok:
+                    await asyncio.gather(*(self._load(slot, claimed, taken_at) for slot in slots))
+                    break
+                if time.monotonic() >= give_up_at:
+                    for slot in slots:
+                        slot.status = SlotStatus.STANDBY
+                    log.warning("standing by: a live node owns the shards; taking them over once it stops")
+                    break
+                await asyncio.sleep(min(claimed.wait_ms / 1000 + 0.005, poll_s))
         finally:
-            self._reloading.clear()
+            self._loading.clear()
         self._run_loop(self._sweep_loop(), "lockgate-sweeper")
         self._run_loop(self._renew_loop(), "lockgate-ownership")
+        self._run_loop(self._standby_loop(), "lockgate-standby")
+
+    @property
+    def standing_by(self) -> bool:
+        return any(slot.status is SlotStatus.STANDBY for slot in self._slots.values())
 
     def _run_loop(self, loop: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(loop, name=name)
@@ -171,7 +204,7 @@ class Engine:
             _fail_gate(pending.gate, failure)
         _fail_gate(self._pending.gate, failure)
         for slot in self._slots.values():
-            slot.status = SlotStatus.LOST
+            slot.status = SlotStatus.STANDBY  # never claimed again: the node is stopping
 
     def begin_shutdown(self) -> None:
         """Refuse new ops and answer every queued acquire with a retryable 503 now."""
@@ -485,28 +518,29 @@ class Engine:
                     if not future.done():
                         future.set_exception(error)
 
-    def _lose(self, slot: Slot, why: str) -> None:
-        if slot.status is SlotStatus.LOST:
+    def _stand_by(self, slot: Slot, why: str) -> None:
+        if slot.status is SlotStatus.STANDBY:
             return
-        log.warning("shard %d: %s; no longer serving it", slot.shard, why)
+        log.warning("shard %d: %s; standing by for it", slot.shard, why)
         self._drop_speculation(slot, Unavailable(f"shard moved: {why}"))
-        slot.status = SlotStatus.LOST
+        slot.status = SlotStatus.STANDBY
 
-    # --- loading and reloading ---------------------------------------------------------------
-    async def _load(self, slot: Slot, *, only_if_ours: bool) -> None:
-        """Take the shard (bumping its epoch fences off any other owner), replay, recover."""
-        lease_s = self.config.owner_lease_ms / 1000
-        if only_if_ours:
-            await self._store.connect()  # a store restarted from its AOF has forgotten our scripts
+    # --- claiming, loading and reloading ----------------------------------------------------
+    async def _claim(self, slots: list[Slot], mode: ClaimMode) -> tuple[Claimed, float]:
+        """Claim `slots` in the store, all or none; also when the claim was sent (monotonic)."""
         taken_at = time.monotonic()
-        taken = await self._store.take(slot.shard, self.node_id, self.config.owner_lease_ms, only_if_ours=only_if_ours)
-        if not taken.ok:
-            self._lose(slot, "another node has taken it")
-            return
-        if taken.wait_ms:
-            # The previous owner may serve until its lease runs out: start after it.
-            await asyncio.sleep(taken.wait_ms / 1000)
-        history = await self._store.read_history(slot.shard, taken.epoch)
+        claimed = await self._store.claim(
+            [slot.shard for slot in slots], self.node_id, self.config.owner_lease_ms, mode
+        )
+        return claimed, taken_at
+
+    async def _load(self, slot: Slot, claimed: Claimed, taken_at: float) -> None:
+        """Replay a claimed shard and recover it; it serves once the recovery is durable."""
+        if claimed.wait_ms:
+            # A previous owner may serve until its lease runs out: start after it.
+            await asyncio.sleep(claimed.wait_ms / 1000)
+        epoch = claimed.epochs[slot.shard]
+        history = await self._store.read_history(slot.shard, epoch)
         state = ShardState.restore(history.snapshot) if history.snapshot else ShardState(slot.shard)
         _replay(slot.shard, state, history.snapshot_lsn, history.records, history.lsn)
         if self._stopping:
@@ -514,13 +548,14 @@ class Engine:
         slot.state.detach()
         state.attach(self._object_tally)
         slot.state = state
-        slot.epoch = taken.epoch
+        slot.epoch = epoch
         slot.sealed_lsn = state.lsn
         slot.entries = []
         slot.covering = None
         slot.entries_since_snapshot = sum(len(record.entries) for record in history.records)
         slot.last_snapshot_ms = self._now()
-        slot.owned_until = taken_at + (taken.wait_ms / 1000 + lease_s) * (1 - limits.OWNER_LEASE_SAFETY)
+        lease_s = claimed.wait_ms / 1000 + self.config.owner_lease_ms / 1000
+        slot.owned_until = taken_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
         self._last_now_ms = max(self._last_now_ms, state.last_now_ms)
         generation = slot.generation
         self._sequence(slot, Recover(last_alive_ms=history.last_alive_ms))
@@ -528,31 +563,39 @@ class Engine:
         slot.status = SlotStatus.READY
 
     def _begin_reload(self, slot: Slot) -> None:
-        """Stop serving `slot` until it is reloaded; only the store's TAKE may declare it lost."""
-        if slot.status is SlotStatus.LOST:
+        """Stop serving `slot` until it is reloaded; only the store's claim may hand it to another node."""
+        if slot.status is SlotStatus.STANDBY:
             return
         slot.status = SlotStatus.LOADING
-        if slot.shard not in self._reloading and not self._stopping:
+        if slot.shard not in self._loading and not self._stopping:
             # Marked now, not when the task starts: two failures in one tick must not start two
-            # reloads, whose takes would fence each other's commits forever.
-            self._reloading.add(slot.shard)
+            # reloads, whose claims would fence each other's commits forever.
+            self._loading.add(slot.shard)
+            self.stats.reloads += 1
             self._spawn(self._reload(slot))
 
-    async def _reload(self, slot: Slot) -> None:
-        self.stats.reloads += 1
+    async def _reload(self, slot: Slot, claim: tuple[Claimed, float] | None = None) -> None:
+        """Load `slot`, claimed already or claimed back if no other node took it; retry store failures."""
         delay = 0.05
         try:
-            while not self._stopping and slot.status is not SlotStatus.LOST:
+            while not self._stopping and slot.status is SlotStatus.LOADING:
                 try:
-                    await self._load(slot, only_if_ours=True)
-                    log.info("shard %d reloaded at LSN %d", slot.shard, slot.state.lsn)
+                    if claim is None:
+                        await self._store.connect()  # a store restarted from its AOF has forgotten our scripts
+                        claim = await _cancellable(self._claim([slot], "ours"))
+                        if not claim[0].ok:
+                            self._stand_by(slot, "another node has taken it")
+                            return
+                    await _cancellable(self._load(slot, *claim))
+                    log.info("shard %d loaded at LSN %d", slot.shard, slot.state.lsn)
                     return
                 except (*STORE_ERRORS, LockgateError) as error:
+                    claim = None
                     log.warning("shard %d reload failed (%r); retrying", slot.shard, error)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RELOAD_BACKOFF_MAX_S)
         finally:
-            self._reloading.discard(slot.shard)
+            self._loading.discard(slot.shard)
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -594,8 +637,10 @@ class Engine:
             sent_at = time.monotonic()
             try:
                 lost = set(
-                    await self._store.renew(
-                        [slot.shard for slot in held], self.node_id, self.config.owner_lease_ms, self._now()
+                    await _cancellable(
+                        self._store.renew(
+                            [slot.shard for slot in held], self.node_id, self.config.owner_lease_ms, self._now()
+                        )
                     )
                 )
             except STORE_ERRORS as error:
@@ -609,6 +654,43 @@ class Engine:
                     self._begin_reload(slot)
                 elif slot.status is SlotStatus.READY:
                     slot.owned_until = sent_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
+
+    async def _standby_loop(self) -> None:
+        """Take over the shards of a node that stopped renewing them: all at once, so no two
+        nodes end up serving halves of the shard space."""
+        interval_s = self.config.standby_poll_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            waiting = [slot for slot in self._slots.values() if slot.status is SlotStatus.STANDBY]
+            if not waiting or self._stopping:
+                continue
+            try:
+                claim = await _cancellable(self._claim(waiting, "free"))
+            except STORE_ERRORS as error:
+                # Applied or not, the next poll settles it: a claim of ours counts as free.
+                log.debug("standby claim failed: %r", error)
+                continue
+            if not claim[0].ok or self._stopping:
+                continue
+            log.warning("taking over %d shards their owner stopped renewing", len(waiting))
+            for slot in waiting:
+                slot.status = SlotStatus.LOADING
+                self._loading.add(slot.shard)
+                self._spawn(self._reload(slot, claim))
+
+
+async def _cancellable(call: Awaitable[T]) -> T:
+    """Await a redis-py call; a cancellation it swallowed (or turned into an error) is re-raised.
+
+    Seen in tests: the standby loop, cancelled by stop() during a claim, got the claim's
+    answer, carried on, and stop() waited for it forever.
+    """
+    try:
+        return await call
+    finally:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
 
 def _fail_gate(gate: GateFuture, error: LockgateError) -> None:

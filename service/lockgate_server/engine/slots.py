@@ -15,7 +15,7 @@ from ..core.shard_state import ShardState
 class SlotStatus(enum.Enum):
     LOADING = "loading"
     READY = "ready"
-    LOST = "lost"  # another node took it; we never serve it again
+    STANDBY = "standby"  # another node owns it; claimed once that node stops renewing it
 
 
 class GateFuture(asyncio.Future[None]):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
 import redis
@@ -72,28 +72,41 @@ SNAPSHOT_WAIT_S: Final = 10.0
 """How long a snapshot writer waits for the log to reach the snapshot's LSN."""
 
 
-# TAKE: become the owner of one shard.
-# KEYS: epoch, owner, taker
-# ARGV: node_id, lease_ms, only_if_ours ('1': a reload; '' to take it whoever holds it)
-# Returns: {'ok', epoch, wait_ms}: the new epoch, and how long the previous owner may still
-#          believe it owns the shard (serve nothing before that; our lease covers the wait
-#          plus lease_ms); {'moved', 0, 0} when only_if_ours is given and another node has
-#          taken the shard since this node last did.
+# CLAIM: become the owner of some shards, all of them or none.
+# KEYS: per shard, 3 each: epoch, owner, taker
+# ARGV: node_id, lease_ms, mode:
+#   'ours'  (a reload) only if no other node has taken any of them since this node last did;
+#   'free'  (a node starting, or a standby) only if no other node's ownership lease is live;
+#   'force' whoever holds them, waiting out the previous owners' leases.
+# Returns: {'ok', wait_ms, epoch per shard}: the new epochs, and how long a previous owner
+#          may still believe it owns a shard (serve nothing before that; our lease covers
+#          the wait plus lease_ms); {'moved', 0} or {'busy', ms the live owner's lease has left}
+#          when the mode refuses, and then nothing is written.
 # `taker` (who took the latest epoch, never expires) answers "still ours?" even when our own
-# earlier take was applied but its reply was lost, which a comparison of epochs cannot.
-TAKE_SCRIPT: Final = """
-if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return {'moved', 0, 0} end
-local owner = redis.call('GET', KEYS[2])
+# earlier claim was applied but its reply was lost, which a comparison of epochs cannot.
+CLAIM_SCRIPT: Final = """
+local n = #KEYS / 3
+local mode = ARGV[3]
 local wait = 0
-if owner and owner ~= ARGV[1] then
-  wait = redis.call('PTTL', KEYS[2])
-  if wait < 0 then wait = 0 end
+for i = 0, n - 1 do
+  if mode == 'ours' and redis.call('GET', KEYS[3*i+3]) ~= ARGV[1] then return {'moved', 0} end
+  local owner = redis.call('GET', KEYS[3*i+2])
+  if owner and owner ~= ARGV[1] then
+    local left = redis.call('PTTL', KEYS[3*i+2])
+    if left < 0 then left = 0 end
+    if mode == 'free' then return {'busy', left} end
+    if left > wait then wait = left end
+  end
 end
-local epoch = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]) + wait)
-redis.call('SET', KEYS[3], ARGV[1])
-return {'ok', epoch, wait}
+local answer = {'ok', wait}
+for i = 0, n - 1 do
+  answer[#answer + 1] = redis.call('INCR', KEYS[3*i+1])
+  redis.call('SET', KEYS[3*i+2], ARGV[1], 'PX', tonumber(ARGV[2]) + wait)
+  redis.call('SET', KEYS[3*i+3], ARGV[1])
+end
+return answer
 """
+ClaimMode = Literal["ours", "free", "force"]
 
 # RENEW: extend the ownership lease of many shards and record that the owner is alive.
 # KEYS: per shard, 2 each: owner, alive
@@ -163,10 +176,14 @@ class ShardAppend:
 
 
 @dataclass(frozen=True, slots=True)
-class Taken:
-    ok: bool
-    epoch: int
-    wait_ms: int  # the previous owner's lease may run this much longer
+class Claimed:
+    outcome: str  # 'ok', 'moved' or 'busy'
+    epochs: dict[int, int]  # shard -> its new epoch, when ok
+    wait_ms: int  # ok: a previous owner's lease may run this much longer; busy: the live owner's
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +209,11 @@ class ShardKeys(NamedTuple):
 def shard_keys(shard: int) -> ShardKeys:
     tag = f"{{lg:{shard}}}"
     return ShardKeys(*(f"{tag}:{part}" for part in ShardKeys._fields))
+
+
+def _claim_keys(shard: int) -> tuple[str, str, str]:
+    keys = shard_keys(shard)
+    return keys.epoch, keys.owner, keys.taker
 
 
 class RedisLog:
@@ -256,18 +278,15 @@ class RedisLog:
                 return answer
             await asyncio.sleep(0.01)
 
-    async def take(self, shard: int, node_id: str, lease_ms: int, *, only_if_ours: bool) -> Taken:
-        """Become the owner of `shard` (every other owner's next commit is refused).
+    async def claim(self, shards: list[int], node_id: str, lease_ms: int, mode: ClaimMode) -> Claimed:
+        """Become the owner of all of `shards` or of none (see CLAIM_SCRIPT for the modes).
 
-        With `only_if_ours` (a reload) only if no other node has taken it since we last did:
-        a shard another node has taken stays taken.
+        Every other owner's next commit to them is refused.
         """
-        keys = shard_keys(shard)
-        answer = await self._other.eval(
-            TAKE_SCRIPT, 3, keys.epoch, keys.owner, keys.taker, node_id, lease_ms, "1" if only_if_ours else ""
-        )
-        status, epoch, wait_ms = answer
-        return Taken(status.decode() == "ok", int(epoch), int(wait_ms))
+        keys = [key for shard in shards for key in _claim_keys(shard)]
+        outcome, wait_ms, *epochs = await self._other.eval(CLAIM_SCRIPT, len(keys), *keys, node_id, lease_ms, mode)
+        epochs_by_shard = dict(zip(shards, map(int, epochs), strict=True)) if epochs else {}
+        return Claimed(outcome.decode(), epochs_by_shard, int(wait_ms))
 
     async def renew(self, shards: list[int], node_id: str, lease_ms: int, now_ms: int) -> list[int]:
         """Extend our ownership of `shards` and note we are alive; returns the shards we lost."""
