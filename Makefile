@@ -36,8 +36,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-## chaos: the chaos test for longer (kills and pauses of the node and of Valkey while clients
-# lock and count); the default suite runs it for 20 s. `make chaos CHAOS_SECONDS=600` for a soak.
+## chaos: the chaos tests for longer (kills and pauses of the node, or of the node serving beside
+# a standby, and of Valkey while clients lock and count); the default suite runs each for 20 s.
+# `make chaos CHAOS_SECONDS=600` for a soak.
 CHAOS_SECONDS ?= 180
 chaos: $(STAMP)
 	LOCKGATE_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/pytest -q -s tests/chaos

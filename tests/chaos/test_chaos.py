@@ -3,7 +3,10 @@
 A real server (its own process group) on a real Valkey (AOF, appendfsync always), driven by
 the async SDK with its retries (same request_id on every retry). A chaos driver meanwhile
 kill -9s and restarts the node, kill -9s and restarts Valkey, or SIGSTOPs the node for a
-moment, at random. What must hold however the faults fall:
+moment, at random. Run once with one node, and once with a standby beside it (the client
+knows both): then the faults hit whichever node serves, a restarted node stands by, and
+pauses may outlast the lease so that the standby takes over from a frozen node, which must
+not answer anything when it wakes. What must hold however the faults fall:
 
 - no two clients hold one lock at once: in token order, each holder stopped before the next
   one was granted (all times on this process's one monotonic clock);
@@ -49,6 +52,7 @@ RATE_PERIOD_S = 366 * 24 * 3600  # the longest period; fixed windows start at mu
 LEASE_TTL_S = 5.0  # far longer than a hold: a lease runs out only if its holder stopped releasing
 FAULT_EVERY_S = (1.5, 3.5)
 PAUSE_S = (0.3, 1.2)
+LONG_PAUSE_S = (0.3, 4.5)
 # Patient clients: a killed node is back after its start-up plus the old owner's lease (3 s).
 RETRY = RetryPolicy(attempts=60, base_delay=0.05, max_delay=0.5)
 TIMEOUTS = Timeouts(connect=1.0, read=3.0, total=30.0)
@@ -66,6 +70,7 @@ class Record:
     acknowledged_adds: int = 0
     unknown_adds: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    takeovers: int = 0  # by a standby, from a killed node
 
 
 async def lock_worker(client: AsyncClient, guard: FenceGuard, record: Record, deadline: float, seed: int) -> None:
@@ -147,24 +152,43 @@ async def counter_worker(client: AsyncClient, record: Record, deadline: float) -
             record.acknowledged_adds += 1
 
 
-async def chaos(server: ServerProcess, valkey: EmbeddedValkey, record: Record, deadline: float) -> None:
+def serving_node(nodes: list[ServerProcess]) -> ServerProcess:
+    """The node that serves now (the first if none does, say while one takes over)."""
+    for node in nodes:
+        with contextlib.suppress(OSError):
+            if node.get_status("/readyz") == 200:
+                return node
+    return nodes[0]
+
+
+async def chaos(nodes: list[ServerProcess], valkey: EmbeddedValkey, record: Record, deadline: float) -> None:
     rng = random.Random(7)
+    # With a standby, pauses may outlast the owner's lease (3 s): the standby takes over
+    # while the paused node is frozen, and the paused node must not answer when it wakes.
+    pause_s = PAUSE_S if len(nodes) == 1 else LONG_PAUSE_S
     while True:
         await asyncio.sleep(rng.uniform(*FAULT_EVERY_S))
         if time.monotonic() >= deadline:
             return
         fault = rng.choice(("kill the node", "kill the store", "pause the node"))
         record.faults[fault] += 1
-        if fault == "kill the node":
-            await asyncio.to_thread(server.restart)  # kill -9, start on the same data, wait until ready
+        node = await asyncio.to_thread(serving_node, nodes)
+        if fault == "kill the node" and len(nodes) == 1:
+            await asyncio.to_thread(node.restart)  # kill -9, start on the same data, wait until ready
+        elif fault == "kill the node":
+            await asyncio.to_thread(node.kill)
+            standby = next(other for other in nodes if other is not node)
+            await asyncio.to_thread(standby.wait_ready)  # it takes over once the dead node's lease runs out
+            record.takeovers += 1
+            await asyncio.to_thread(node.start, until="/healthz")  # back, as the standby now
         elif fault == "kill the store":
             await asyncio.to_thread(valkey.kill)
             await asyncio.sleep(rng.uniform(0.1, 0.5))
             await asyncio.to_thread(valkey.start)  # replays its AOF
         else:
-            server.pause()
-            await asyncio.sleep(rng.uniform(*PAUSE_S))
-            server.resume()
+            node.pause()
+            await asyncio.sleep(rng.uniform(*pause_s))
+            node.resume()
 
 
 def overlapping_holds(holds: list[tuple[str, int, float, float]]) -> list[str]:
@@ -180,41 +204,47 @@ def overlapping_holds(holds: list[tuple[str, int, float, float]]) -> list[str]:
 
 
 @pytest.mark.timeout(CHAOS_SECONDS + 180)
-async def test_every_kind_stays_correct_through_crashes_and_pauses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("node_count", [1, 2], ids=["one node", "a node and its standby"])
+async def test_every_kind_stays_correct_through_crashes_and_pauses(tmp_path: Path, node_count: int) -> None:
     if RATE_PERIOD_S - time.time() % RATE_PERIOD_S < CHAOS_SECONDS + 600:
         pytest.skip("a rate-limit window boundary falls within the run (once a year): run it again later")
     valkey = EmbeddedValkey(tmp_path / "valkey")
     valkey.start()
-    server = ServerProcess(tmp_path / "node", env={"LOCKGATE_REDIS_URL": valkey.url})
+    env = {"LOCKGATE_REDIS_URL": valkey.url}
+    nodes = [ServerProcess(tmp_path / f"node{index}", env=env) for index in range(node_count)]
     record = Record()
     guard = FenceGuard()
     try:
-        server.start()
+        for index, node in enumerate(nodes):
+            node.start(until="/readyz" if index == 0 else "/healthz")
         deadline = time.monotonic() + CHAOS_SECONDS
-        async with AsyncClient(server.url, namespace="chaos", retry=RETRY, timeouts=TIMEOUTS) as client:
+        urls = [node.url for node in nodes]
+        async with AsyncClient(urls, namespace="chaos", retry=RETRY, timeouts=TIMEOUTS) as client:
             await asyncio.gather(
-                chaos(server, valkey, record, deadline),
+                chaos(nodes, valkey, record, deadline),
                 *(lock_worker(client, guard, record, deadline, seed) for seed in range(LOCK_WORKERS)),
                 *(counter_worker(client, record, deadline) for _ in range(COUNTER_WORKERS)),
                 *(semaphore_worker(client, record, deadline, seed) for seed in range(SEMAPHORE_WORKERS)),
                 *(rate_worker(client, record, deadline) for _ in range(RATE_WORKERS)),
             )
-            server.resume()  # in case the window closed on a pause
+            for node in nodes:
+                node.resume()  # in case the window closed on a pause
             final = await client.counter("total").get()
     finally:
-        server.stop()
+        for node in nodes:
+            node.stop()
         valkey.stop()
 
     summary = (
-        f"faults {dict(record.faults)}, {len(record.holds)} holds ({record.late_grants} heard of too late), "
-        "acquire failures "
-        f"{dict(record.acquire_failures)}, adds acknowledged {record.acknowledged_adds}, unknown "
-        f"{record.unknown_adds}, final {final}; {len(record.permits_held)} permit holds, at most "
-        f"{most_at_once(record.permits_held)} at once; {record.allowed_checks} checks allowed "
-        f"({record.unknown_checks} unknown) of {RATE_LIMIT}"
+        f"faults {dict(record.faults)}, {record.takeovers} takeovers, {len(record.holds)} holds "
+        f"({record.late_grants} heard of too late), acquire failures {dict(record.acquire_failures)}, "
+        f"adds acknowledged {record.acknowledged_adds}, unknown {record.unknown_adds}, final {final}; "
+        f"{len(record.permits_held)} permit holds, at most {most_at_once(record.permits_held)} at once; "
+        f"{record.allowed_checks} checks allowed ({record.unknown_checks} unknown) of {RATE_LIMIT}"
     )
     print(summary)
     assert sum(record.faults.values()) >= 1, summary
+    assert record.takeovers == (record.faults["kill the node"] if node_count > 1 else 0), summary
     assert len(record.holds) >= 10 and record.acknowledged_adds >= 10, f"too little got through: {summary}"
     assert overlapping_holds(record.holds) == [], summary
     assert record.stale_refusals == [], summary
