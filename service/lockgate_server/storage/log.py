@@ -12,6 +12,7 @@ Per shard, every key shares the hash tag `{lg:N}` so a shard lives in one Cluste
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
@@ -206,6 +207,7 @@ class ShardKeys(NamedTuple):
     taker: str
 
 
+@functools.cache  # every commit names each shard's keys: build them once per shard
 def shard_keys(shard: int) -> ShardKeys:
     tag = f"{{lg:{shard}}}"
     return ShardKeys(*(f"{tag}:{part}" for part in ShardKeys._fields))
