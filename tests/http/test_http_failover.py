@@ -19,9 +19,9 @@ FAILOVER_TIMEOUT_S = 20.0  # the dead node's lease (3 s), a standby poll, loadin
 
 def assert_standing_by(client: httpx.Client, node: ServerProcess) -> None:
     ready = client.get(f"{node.url}/readyz")
-    assert ready.status_code == 503 and ready.json()["shards_loaded"] is False, ready.text
+    assert ready.status_code == 503 and ready.json()["standby"] is True, ready.text
     refused = client.get(f"{node.url}{LOCK}")
-    assert refused.status_code == 503, refused.text
+    assert refused.status_code == 503 and "standby" in refused.json()["detail"], refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert "retry-after" in refused.headers
 

@@ -31,7 +31,8 @@ _SERVICE_PATHS: dict[str, Any] = {
                                                           "503": {"description": "The node broke: restart it"}}}},
     "/readyz": {"get": {"operationId": "readyz", "summary": "Every shard loaded and the store reachable",
                         "tags": ["service"], "security": [{}],
-                        "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+                        "responses": {"200": {"description": "Ready"},
+                                      "503": {"description": "Not ready (loading, store away, or a standby)"}}}},
     "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "tags": ["service"],
                          "security": [{}], "responses": {"200": {"description": "Text exposition format"}}}},
     "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "tags": ["service"],
@@ -94,7 +95,12 @@ class LockgateApp:
                 except Exception:  # any failure to reach the store means "not ready"
                     store_ok = False
             shards_ready = engine is not None and engine.ready
-            body = {"ready": store_ok and shards_ready, "store_reachable": store_ok, "shards_loaded": shards_ready}
+            body = {
+                "ready": store_ok and shards_ready,
+                "store_reachable": store_ok,
+                "shards_loaded": shards_ready,
+                "standby": engine is not None and engine.standing_by,  # another live node owns the shards
+            }
             return Response(body, status_code=200 if body["ready"] else 503)
 
         @get("/metrics", include_in_schema=False)

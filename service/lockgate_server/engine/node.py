@@ -274,6 +274,8 @@ class Engine:
         """
         slot = self._slots.get(self.shard_of(cmd))
         if slot is None or not slot.serving():
+            if slot is not None and slot.status is SlotStatus.STANDBY:
+                raise Unavailable("this node is a standby: another node serves that shard; retry there")
             raise Unavailable("this node does not serve that shard right now")
         if self._stopping:
             raise Unavailable("the node is shutting down")
