@@ -116,8 +116,8 @@ class RetryPolicy:
 # --- nodes ------------------------------------------------------------------------------------------
 def node_urls(url: str | Sequence[str]) -> list[str]:
     """The nodes of one deployment: one URL, a comma-separated list, or a sequence of URLs."""
-    urls = [part.strip() for part in url.split(",")] if isinstance(url, str) else [part.strip() for part in url]
-    urls = [part for part in urls if part]
+    parts = url.split(",") if isinstance(url, str) else url
+    urls = [part.strip() for part in parts if part.strip()]
     if not urls:
         raise ValueError("give at least one node URL")
     return urls

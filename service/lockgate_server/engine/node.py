@@ -181,7 +181,8 @@ class Engine:
 
     @property
     def standing_by(self) -> bool:
-        return any(slot.status is SlotStatus.STANDBY for slot in self._slots.values())
+        """Waiting to take over from a live node (not a node that is stopping or broken)."""
+        return not self._stopping and any(slot.status is SlotStatus.STANDBY for slot in self._slots.values())
 
     def _run_loop(self, loop: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(loop, name=name)
@@ -274,7 +275,7 @@ class Engine:
         """
         slot = self._slots.get(self.shard_of(cmd))
         if slot is None or not slot.serving():
-            if slot is not None and slot.status is SlotStatus.STANDBY:
+            if slot is not None and slot.status is SlotStatus.STANDBY and not self._stopping:
                 raise Unavailable("this node is a standby: another node serves that shard; retry there")
             raise Unavailable("this node does not serve that shard right now")
         if self._stopping:

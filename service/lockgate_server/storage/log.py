@@ -1,12 +1,13 @@
 """The shard log in Redis: fenced appends, snapshots, ownership and recovery reads.
 
 Per shard, every key shares the hash tag `{lg:N}` so a shard lives in one Cluster slot:
-  {lg:N}:epoch  owner epoch, INCR'd by every node that takes the shard
+  {lg:N}:epoch  owner epoch, INCR'd by every node that claims the shard
   {lg:N}:lsn    last LSN written
   {lg:N}:log    stream of records since the last snapshot, ID = first LSN of the record
   {lg:N}:snap   hash {lsn, data}: the last snapshot and the LSN it covers
   {lg:N}:alive  the owner's last heartbeat (ms); a new owner starts the outage there
   {lg:N}:owner  the owning node's id, expiring (PX) unless renewed: the ownership lease
+  {lg:N}:taker  the id of the node that claimed the latest epoch (never expires)
 """
 
 from __future__ import annotations
