@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit chaos bench-engine bench-http bench-sdk bench-state bench-gateway bench-locust bench bench-tools proto clean
+.PHONY: run test lint typecheck unit chaos bench-engine bench-http bench-sdk bench-state bench-failover bench-gateway bench-locust bench bench-tools proto clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-http: $(BENCH_STAMP) bench-tools
 ## bench-sdk: AsyncClient through the HTTP server vs redis-py's Lock and limits, same Valkey
 bench-sdk: $(BENCH_STAMP)
 	$(BIN)/python -m loadtests.bench_sdk
+
+## bench-failover: how soon a standby serves after kill -9 or SIGTERM of the active node
+bench-failover: $(BENCH_STAMP)
+	$(BIN)/python -m loadtests.bench_failover
 
 ## bench-state: bytes per object, snapshot pause, recovery of 1.2 million objects
 bench-state: $(BENCH_STAMP)
