@@ -99,11 +99,16 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, for 503s and connection errors only."""
+    """Exponential backoff with full jitter, for 503s and connection errors only.
 
-    attempts: int = 5
+    The defaults keep retrying for about 13 s on average (never past `Timeouts.total`):
+    long enough to ride out a node's restart, which waits out its old leases (3 s), or a
+    failover to a standby. A caller that would rather fail fast passes fewer attempts.
+    """
+
+    attempts: int = 30
     base_delay: float = 0.05
-    max_delay: float = 2.0
+    max_delay: float = 1.0
 
     def delay(self, attempt: int, error: errors.LockgateError, rng: random.Random) -> float:
         ceiling = min(self.max_delay, self.base_delay * (2**attempt))

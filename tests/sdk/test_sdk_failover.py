@@ -5,20 +5,17 @@ and on to the standby when the active node is killed.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from lockgate import AsyncClient, Client, RetryPolicy, Timeouts
+from lockgate import AsyncClient, Client
 from lockgate._core import node_urls
 
 from lockgate_server.harness import ServerProcess
 from lockgate_server.storage.embedded import EmbeddedValkey
-
-# Patient enough to ride out a failover: the dead node's lease (3 s), a standby poll, loading.
-RETRY = RetryPolicy(attempts=40, base_delay=0.05, max_delay=0.5)
-TIMEOUTS = Timeouts(connect=1.0, read=5.0, total=30.0)
 
 
 @dataclass
@@ -49,7 +46,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def test_the_sync_client_follows_the_active_node(deployment: Deployment) -> None:
-    with Client(deployment.urls, namespace="failover", retry=RETRY, timeouts=TIMEOUTS) as lg:
+    with Client(deployment.urls, namespace="failover") as lg:  # the default retries ride out a failover
         lease = lg.lock("job", ttl=60, auto_renew=False).acquire()
         assert lg.counter("runs").add(1) == 1
         deployment.active.kill()
@@ -59,7 +56,7 @@ def test_the_sync_client_follows_the_active_node(deployment: Deployment) -> None
 
 
 async def test_the_async_client_follows_the_active_node(deployment: Deployment) -> None:
-    async with AsyncClient(",".join(deployment.urls), namespace="failover", retry=RETRY, timeouts=TIMEOUTS) as lg:
+    async with AsyncClient(",".join(deployment.urls), namespace="failover") as lg:
         context = lg.lock("job", ttl=60, auto_renew=False)
         lease = await context.acquire()
         counter = lg.counter("runs")
@@ -80,3 +77,21 @@ def test_a_client_takes_one_url_a_list_or_a_comma_separated_string() -> None:
     assert node_urls(["http://a:1", "http://b:2"]) == ["http://a:1", "http://b:2"]
     with pytest.raises(ValueError, match="at least one"):
         Client(" , ")
+
+
+def test_a_default_client_rides_out_a_restart_of_its_node(tmp_path: Path) -> None:
+    node = ServerProcess(tmp_path / "node")
+    try:
+        node.start()
+        with Client(node.url, namespace="restart") as lg:
+            assert lg.counter("runs").add(1) == 1
+            node.kill()
+            # Back after its old leases run out (3 s), meanwhile the call below keeps retrying.
+            restarting = threading.Thread(target=node.start)
+            restarting.start()
+            try:
+                assert lg.counter("runs").add(1) == 2
+            finally:
+                restarting.join()
+    finally:
+        node.stop()
