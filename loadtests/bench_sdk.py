@@ -26,11 +26,12 @@ from lockgate_server.harness import ServerProcess
 from lockgate_server.storage.embedded import EmbeddedValkey
 
 from .bench_engine import run_limits_checks, run_redis_py_lock_pairs
-from .common import CpuWatch, Measurement, machine_facts, run_closed_loop
+from .common import CpuWatch, Measurement, Timing, apply_timing, bench_parser, machine_facts, run_closed_loop
 
 RESULTS = Path(__file__).parent / "results" / "sdk.json"
 TASKS = 64
 KEYS = 10_000
+TIMING = Timing(seconds=10.0, warmup=1.0, quick_seconds=2.0, quick_warmup=0.5)
 
 
 async def sdk_workloads(url: str, args: argparse.Namespace) -> list[Measurement]:
@@ -101,13 +102,7 @@ async def baselines(valkey: EmbeddedValkey, args: argparse.Namespace) -> list[Me
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="2 s per workload")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seconds, args.warmup = 2.0, 0.5
+    args = apply_timing(bench_parser("loadtests.bench_sdk", __doc__, RESULTS, TIMING).parse_args(argv), TIMING)
     measurements: dict[str, Measurement] = {}
     with tempfile.TemporaryDirectory() as folder, EmbeddedValkey(Path(folder) / "valkey") as valkey:
         env = {"LOCKGATE_REDIS_URL": valkey.url, "LOCKGATE_LOG_LEVEL": "warning"}
@@ -137,15 +132,15 @@ def main(argv: list[str] | None = None) -> None:
         },
         "targets": {"sdk_lock_pairs_vs_redis_py": 2.0, "sdk_checks_vs_limits": 2.0},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2))
     print(f"{'workload':<32}{'ops/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
     for name, measurement in measurements.items():
         summary = measurement.summary()
         print(f"{name:<32}{summary['ops_per_s']:>12,.0f}{summary['p50_ms']:>10.2f}{summary['p99_ms']:>10.2f}")
     for name, value in document["ratios"].items():
         print(f"{name}: {value}x")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
