@@ -3,7 +3,8 @@
 Two server processes (64 shards) on one Valkey (appendfsync always), one active and one
 standing by. Each round stops the active node, by kill -9 (its ownership leases must run
 out, 3 s from its last renewal) or by SIGTERM (it lets go at once), and times until the
-standby's /readyz answers 200; the stopped node then comes back as the new standby.
+standby's /readyz?active=1 answers 200 (it serves the shards itself); the stopped node then
+comes back as the new standby.
 Writes loadtests/results/failover.json.
 """
 
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lockgate_server.harness import ServerProcess
+from lockgate_server.harness import SERVING, ServerProcess
 from lockgate_server.storage.embedded import EmbeddedValkey
 
 from .common import machine_facts
@@ -28,7 +29,7 @@ GIVE_UP_S = 30.0
 
 
 def serving_after(standby: ServerProcess, since: float) -> float:
-    while standby.get_status("/readyz") != 200:
+    while standby.get_status(SERVING) != 200:
         if time.monotonic() - since > GIVE_UP_S:
             raise RuntimeError(f"the standby did not take over within {GIVE_UP_S} s:\n{standby.log()}")
         time.sleep(READY_POLL_S)

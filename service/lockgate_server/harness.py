@@ -22,6 +22,8 @@ from pathlib import Path
 from .storage.embedded import free_port
 
 READY_TIMEOUT_S = 20.0
+SERVING = "/readyz?active=1"
+"""200 once the node serves the shards itself (a standby that relays answers /readyz too)."""
 STOP_TIMEOUT_S = 10.0
 
 
@@ -65,7 +67,7 @@ class ServerProcess:
         return self.process.pid  # start_new_session: the leader's pid is the group id
 
     # --- life cycle -------------------------------------------------------------------------------
-    def start(self, *, until: str = "/readyz") -> ServerProcess:
+    def start(self, *, until: str = SERVING) -> ServerProcess:
         """Start, and wait until `until` answers 200 (`/healthz` for a node that will stand by)."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("LOCKGATE_")}
         env.update(
@@ -93,7 +95,7 @@ class ServerProcess:
         self.wait_ready(until)
         return self
 
-    def wait_ready(self, path: str = "/readyz", timeout_s: float = READY_TIMEOUT_S) -> None:
+    def wait_ready(self, path: str = SERVING, timeout_s: float = READY_TIMEOUT_S) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -141,7 +143,7 @@ class ServerProcess:
         self.process.wait()
         assert self.wait_group_gone(STOP_TIMEOUT_S), f"group {self.pgid} survived SIGKILL: {self.alive_members()}"
 
-    def restart(self, *, until: str = "/readyz") -> None:
+    def restart(self, *, until: str = SERVING) -> None:
         """kill -9, then start again on the same data dir and port."""
         self.kill()
         self.start(until=until)

@@ -78,6 +78,13 @@ another only once that node's lease has run out."""
 STANDBY_POLL_MS: Final = 500
 """How often a standby node checks whether the live owner of its shards stopped renewing
 them; failover takes at most the owner's lease plus this, plus loading."""
+FORWARD_CONNECTIONS_MAX: Final = 256
+"""Connections a standby keeps open to the active node for the requests it relays."""
+FORWARD_CONNECT_TIMEOUT_MS: Final = 1_000
+FORWARD_OWNER_CACHE_MS: Final = 1_000
+"""How long a standby trusts its lookup of which node is active (a failed relay looks again)."""
+FORWARD_SLACK_S: Final = 5.0
+"""A relayed request waits the longest blocking acquire plus a commit timeout plus this."""
 OWNER_LEASE_SAFETY: Final = 0.2
 """A node stops serving a shard this fraction of the lease before it could have expired,
 so clock-rate differences between nodes never let two of them answer at once."""

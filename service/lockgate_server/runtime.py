@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,6 +63,7 @@ class Runtime:
                 snapshot_inline_items_max=settings.snapshot_inline_items_max,
                 max_objects_per_namespace=settings.max_objects_per_namespace,
                 standby_poll_ms=settings.standby_poll_ms,
+                advertise_url=settings.advertise_url or f"http://{_url_host(settings.host)}:{settings.port}",
             )
             self.engine = Engine(store, config)
             await self.engine.start()
@@ -116,6 +118,13 @@ class Runtime:
         if self.settings.require_fsync_always:
             raise StoreRefused(message)
         log.warning("!!! %s", message)
+
+
+def _url_host(host: str) -> str:
+    """HOST as it goes in a URL other nodes can reach (a wildcard address is no place to send to)."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
 
 
 def _redact(url: str) -> str:

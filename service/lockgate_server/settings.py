@@ -72,6 +72,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Ops waiting for one commit; past it new requests get 503 with Retry-After."""
     standby_poll_ms: Annotated[int, msgspec.Meta(ge=50, le=60_000)] = limits.STANDBY_POLL_MS
     """A standby node (its shards owned by a live node) checks this often whether it can take them over."""
+    advertise_url: str | None = None
+    """The URL other nodes relay requests to while this node owns the shards, e.g. http://10.0.0.7:8420.
+    Unset: http://HOST:PORT (right on one host; set it when HOST is 0.0.0.0 or behind NAT)."""
+    forward_connections_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = limits.FORWARD_CONNECTIONS_MAX
+    """Connections a standby opens to the active node for the requests it relays there."""
+    forward_connect_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = limits.FORWARD_CONNECT_TIMEOUT_MS
+    """A standby that cannot connect to the active node within this answers 503."""
     snapshot_every_entries: Annotated[int, msgspec.Meta(ge=10)] = limits.SNAPSHOT_EVERY_ENTRIES
     """A shard snapshots after this many log entries ..."""
     snapshot_every_ms: Annotated[int, msgspec.Meta(ge=100)] = limits.SNAPSHOT_EVERY_MS

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 from lockgate import AsyncClient, FenceGuard, RetryPolicy, StaleToken, Timeouts, errors
 
-from lockgate_server.harness import ServerProcess
+from lockgate_server.harness import SERVING, ServerProcess
 from lockgate_server.storage.embedded import EmbeddedValkey
 
 CHAOS_SECONDS = float(os.environ.get("LOCKGATE_CHAOS_SECONDS", "20"))
@@ -156,7 +156,7 @@ def serving_node(nodes: list[ServerProcess]) -> ServerProcess:
     """The node that serves now (the first if none does, say while one takes over)."""
     for node in nodes:
         with contextlib.suppress(OSError):
-            if node.get_status("/readyz") == 200:
+            if node.get_status(SERVING) == 200:
                 return node
     return nodes[0]
 
@@ -216,7 +216,7 @@ async def test_every_kind_stays_correct_through_crashes_and_pauses(tmp_path: Pat
     guard = FenceGuard()
     try:
         for index, node in enumerate(nodes):
-            node.start(until="/readyz" if index == 0 else "/healthz")
+            node.start(until=SERVING if index == 0 else "/healthz")
         deadline = time.monotonic() + CHAOS_SECONDS
         urls = [node.url for node in nodes]
         async with AsyncClient(urls, namespace="chaos", retry=RETRY, timeouts=TIMEOUTS) as client:

@@ -17,13 +17,17 @@ LOCK = "/v1/namespaces/failover/locks/the-lock"
 FAILOVER_TIMEOUT_S = 20.0  # the dead node's lease (3 s), a standby poll, loading; generous for slow CI
 
 
-def assert_standing_by(client: httpx.Client, node: ServerProcess) -> None:
+def assert_standing_by(client: httpx.Client, node: ServerProcess, active: ServerProcess) -> None:
+    """A standby answers by relaying to the active node; it does not serve the shards itself."""
     ready = client.get(f"{node.url}/readyz")
-    assert ready.status_code == 503 and ready.json()["standby"] is True, ready.text
-    refused = client.get(f"{node.url}{LOCK}")
-    assert refused.status_code == 503 and "standby" in refused.json()["detail"], refused.text
-    assert refused.headers["content-type"].startswith("application/problem+json")
-    assert "retry-after" in refused.headers
+    assert ready.status_code == 200 and ready.json()["standby"] is True, ready.text
+    assert ready.json()["relays_to"] == active.url
+    assert client.get(f"{node.url}/readyz?active=1").status_code == 503
+    relayed = client.get(f"{node.url}{LOCK}")
+    direct = client.get(f"{active.url}{LOCK}")
+    assert relayed.status_code == 200 and "lockgate-forwarded-by" in relayed.headers, relayed.text
+    fields = ("held", "holder", "token", "waiters")
+    assert [relayed.json()[field] for field in fields] == [direct.json()[field] for field in fields]
 
 
 def test_a_standby_node_takes_over_with_every_lease_and_token(tmp_path: Path) -> None:
@@ -43,7 +47,7 @@ def test_a_standby_node_takes_over_with_every_lease_and_token(tmp_path: Path) ->
             acquired = client.post(f"{first.url}{LOCK}/acquire", json={"ttl_ms": 60_000, "holder": "survivor"})
             assert acquired.status_code == 200, acquired.text
             lease = acquired.json()
-            assert_standing_by(client, second)
+            assert_standing_by(client, second, first)
 
             first.kill()  # kill -9: its ownership leases stay behind until they run out
             second.wait_ready(timeout_s=FAILOVER_TIMEOUT_S)
@@ -52,7 +56,7 @@ def test_a_standby_node_takes_over_with_every_lease_and_token(tmp_path: Path) ->
 
             # The first node, back, finds a live owner and stands by in its turn.
             third = node("first", "/healthz")
-            assert_standing_by(client, third)
+            assert_standing_by(client, third, second)
 
             released = client.post(f"{second.url}{LOCK}/release", json={"lease_id": lease["lease_id"]})
             assert released.status_code == 200 and released.json()["released"] is True, released.text

@@ -10,6 +10,7 @@ from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.exceptions import HTTPException
+from litestar.params import FromQuery
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..gateway.loader import PolicyError
@@ -19,6 +20,7 @@ from ..runtime import Runtime
 from ..settings import Settings, load_settings
 from .auth import KeyRing
 from .dispatch import Dispatcher, Receive, Scope, Send
+from .forward import Forwarder
 from .metrics import Metrics
 from .openapi import ApiPart, openapi_document
 from .problems import PROBLEM_BASE
@@ -29,10 +31,15 @@ _SERVICE_PATHS: dict[str, Any] = {
     "/healthz": {"get": {"operationId": "healthz", "summary": "The process is up", "tags": ["service"],
                          "security": [{}], "responses": {"200": {"description": "Alive"},
                                                           "503": {"description": "The node broke: restart it"}}}},
-    "/readyz": {"get": {"operationId": "readyz", "summary": "Every shard loaded and the store reachable",
+    "/readyz": {"get": {"operationId": "readyz", "summary": "Store reachable; shards loaded or relayed",
                         "tags": ["service"], "security": [{}],
+                        "parameters": [{"name": "active", "in": "query", "required": False,
+                                        "schema": {"type": "boolean"},
+                                        "description": "Ready only if this node owns the shards itself"}],
                         "responses": {"200": {"description": "Ready"},
-                                      "503": {"description": "Not ready (loading, store away, or a standby)"}}}},
+                                      "400": {"description": "active is not a boolean"},
+                                      "503": {"description": "Not ready (loading, store away, or a standby with "
+                                                              "no live node to relay to)"}}}},
     "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "tags": ["service"],
                          "security": [{}], "responses": {"200": {"description": "Text exposition format"}}}},
     "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "tags": ["service"],
@@ -50,6 +57,7 @@ class LockgateApp:
         self.metrics = Metrics()
         self.runtime = Runtime(settings)
         self.dispatcher = Dispatcher(settings, self.keyring, self.runtime.current_engine, self.metrics)
+        self.forwarder = Forwarder(settings, lambda: self.runtime.engine, self.metrics)
         try:
             self.gateway = Gateway(settings, self.keyring, self.runtime.current_engine, self.metrics)
         except PolicyError as error:
@@ -58,7 +66,9 @@ class LockgateApp:
         self.litestar = self._build_litestar()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.gateway.handles(scope["path"]):
+        if scope["type"] == "http" and self._relayed(scope["path"]) and self.forwarder.applies(scope):
+            await self.forwarder(scope, receive, send)
+        elif scope["type"] == "http" and self.gateway.handles(scope["path"]):
             await self.gateway(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
             self.metrics.v1_requests.inc()
@@ -66,8 +76,12 @@ class LockgateApp:
         else:
             await self.litestar(scope, receive, send)  # type: ignore[arg-type]
 
+    def _relayed(self, path: str) -> bool:
+        """Object and gateway routes, which a standby relays to the active node."""
+        return path.startswith("/v1/") or self.gateway.handles(path)
+
     def _build_litestar(self) -> Litestar:
-        runtime, metrics, openapi = self.runtime, self.metrics, self.openapi
+        runtime, metrics, openapi, forwarder = self.runtime, self.metrics, self.openapi, self.forwarder
 
         @asynccontextmanager
         async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -76,7 +90,10 @@ class LockgateApp:
             async with runtime.running() as engine:
                 metrics.bind(engine)
                 async with self.gateway.running(runtime.store_url):
-                    yield
+                    try:
+                        yield
+                    finally:
+                        await forwarder.close()
 
         @get("/healthz", media_type=MediaType.JSON, include_in_schema=False)
         async def healthz() -> Response[dict[str, str]]:
@@ -86,7 +103,9 @@ class LockgateApp:
             return Response({"status": "ok"})
 
         @get("/readyz", media_type=MediaType.JSON, include_in_schema=False)
-        async def readyz() -> Response[dict[str, Any]]:
+        async def readyz(active: FromQuery[bool] = False) -> Response[dict[str, Any]]:
+            """Ready when a request sent here now would be answered: by this node, or by the
+            active node a standby relays to. `?active=1`: only the node that owns the shards."""
             engine = runtime.engine
             store_ok = False
             if engine is not None:
@@ -95,11 +114,14 @@ class LockgateApp:
                 except Exception:  # any failure to reach the store means "not ready"
                     store_ok = False
             shards_ready = engine is not None and engine.ready
+            standby = engine is not None and engine.standing_by  # another live node owns the shards
+            relays_to = await forwarder.owner_ready() if standby and store_ok and not active else None
             body = {
-                "ready": store_ok and shards_ready,
+                "ready": store_ok and (shards_ready or relays_to is not None),
                 "store_reachable": store_ok,
                 "shards_loaded": shards_ready,
-                "standby": engine is not None and engine.standing_by,  # another live node owns the shards
+                "standby": standby,
+                "relays_to": relays_to,
             }
             return Response(body, status_code=200 if body["ready"] else 503)
 

@@ -90,12 +90,12 @@ class Dispatcher:
         except LockgateError as error:
             problem = problems.problem_for(error)
             self._metrics.observe(operation, problem.type.rsplit("/", 1)[1], time.perf_counter() - started)
-            await _send_problem(send, problem, wants_msgpack)
+            await send_problem(send, problem, wants_msgpack)
             return
         except (msgspec.ValidationError, _Malformed) as error:
             problem = _decode_problem(error)
             self._metrics.observe(operation, "invalid", time.perf_counter() - started)
-            await _send_problem(send, problem, wants_msgpack)
+            await send_problem(send, problem, wants_msgpack)
             return
         self._metrics.observe(operation, "ok", time.perf_counter() - started)
         await _send(send, 200, response, wants_msgpack)
@@ -150,7 +150,7 @@ class Dispatcher:
     async def _unless_disconnected(self, work: Awaitable[msgspec.Struct], receive: Receive) -> msgspec.Struct:
         """A waiting acquire whose client hangs up leaves the line and is never granted."""
         task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
         try:
             await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -241,7 +241,7 @@ class _Malformed(Exception):
     pass
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -296,7 +296,7 @@ async def _send(send: Send, status: int, body: msgspec.Struct, msgpack: bool) ->
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _send_problem(send: Send, problem: schemas.Problem, msgpack: bool) -> None:
+async def send_problem(send: Send, problem: schemas.Problem, msgpack: bool) -> None:
     payload = _msgpack_encoder.encode(problem) if msgpack else _json_encoder.encode(problem)
     headers = [
         (b"content-type", MSGPACK if msgpack else PROBLEM_JSON),

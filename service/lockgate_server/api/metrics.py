@@ -30,6 +30,12 @@ class Metrics:
             "lockgate_http_requests", "HTTP requests to the API, by route", ["route"], registry=self.registry
         )
         self.v1_requests = self.http_requests.labels("v1")  # bound once: labels() costs per request
+        self.relayed = Counter(
+            "lockgate_relayed_requests",
+            "Requests this node, standing by, relayed to the active node, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.commit_ops = Histogram(
             "lockgate_commit_batch_ops", "Operations carried by one commit (group commit)", buckets=_BATCH_BUCKETS,
             registry=self.registry,

@@ -115,6 +115,7 @@ class EngineConfig:
     max_objects_per_namespace: int = limits.OBJECTS_PER_NAMESPACE_MAX
     owner_lease_ms: int = limits.OWNER_LEASE_MS
     standby_poll_ms: int = limits.STANDBY_POLL_MS
+    advertise_url: str | None = None  # where standbys relay requests to while we own the shards
     # Take the shards at start even from a live owner, fencing it off (after its lease):
     # what a node does to one that is wedged but still renewing. Tests use it.
     take_over: bool = False
@@ -166,6 +167,7 @@ class Engine:
                 claimed, taken_at = await self._claim(slots, mode)
                 if claimed.ok:
                     await asyncio.gather(*(self._load(slot, claimed, taken_at) for slot in slots))
+                    await self._announce()
                     break
                 if time.monotonic() >= give_up_at:
                     for slot in slots:
@@ -178,6 +180,22 @@ class Engine:
         self._run_loop(self._sweep_loop(), "lockgate-sweeper")
         self._run_loop(self._renew_loop(), "lockgate-ownership")
         self._run_loop(self._standby_loop(), "lockgate-standby")
+
+    async def owner_url(self) -> str | None:
+        """Where the live owner of the shards this node stands by for serves (None: nobody, or us)."""
+        waiting = [shard for shard, slot in self._slots.items() if slot.status is SlotStatus.STANDBY]
+        url = await self._store.owner_url(waiting[0] if waiting else next(iter(self._slots)))
+        return None if url == self.config.advertise_url else url
+
+    async def _announce(self) -> None:
+        """Tell standbys where we serve (renewed with our ownership; a failure waits for the next)."""
+        if self.config.advertise_url is None or self._stopping:
+            return
+        try:
+            url, lease_ms = self.config.advertise_url, self.config.owner_lease_ms
+            await _cancellable(self._store.announce(self.node_id, url, lease_ms))
+        except STORE_ERRORS as error:
+            log.warning("could not announce this node's URL: %r", error)
 
     @property
     def standing_by(self) -> bool:
@@ -657,6 +675,7 @@ class Engine:
                     self._begin_reload(slot)
                 elif slot.status is SlotStatus.READY:
                     slot.owned_until = sent_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
+            await self._announce()
 
     async def _standby_loop(self) -> None:
         """Take over the shards of a node that stopped renewing them: all at once, so no two
@@ -680,6 +699,7 @@ class Engine:
                 slot.status = SlotStatus.LOADING
                 self._loading.add(slot.shard)
                 self._spawn(self._reload(slot, claim))
+            await self._announce()
 
 
 async def _cancellable(call: Awaitable[T]) -> T:

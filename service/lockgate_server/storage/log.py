@@ -138,6 +138,10 @@ return 0
 """
 
 
+NODE_URL_PREFIX: Final = "lg:node:"
+"""node id -> the URL it serves on; expires with the node's ownership lease unless renewed."""
+
+
 class LogRecord(msgspec.Struct, array_like=True):
     """One commit's entries for one shard: (now_ms, command) in sequencing order."""
 
@@ -301,6 +305,18 @@ class RedisLog:
         if shards:
             keys = [shard_keys(shard).owner for shard in shards]
             await self._other.eval(RELEASE_SCRIPT, len(keys), *keys, node_id)
+
+    async def announce(self, node_id: str, url: str, lease_ms: int) -> None:
+        """Tell standbys where this node serves, for as long as its ownership lease lasts."""
+        await self._other.set(NODE_URL_PREFIX + node_id, url, px=lease_ms)
+
+    async def owner_url(self, shard: int) -> str | None:
+        """Where the node whose ownership of `shard` is live serves, if it announced it."""
+        owner = await self._other.get(shard_keys(shard).owner)
+        if owner is None:
+            return None
+        url = await self._other.get(NODE_URL_PREFIX + owner.decode())
+        return url.decode() if url is not None else None
 
     async def read_history(self, shard: int, epoch: int) -> ShardHistory:
         keys = shard_keys(shard)

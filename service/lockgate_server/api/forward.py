@@ -1,0 +1,227 @@
+"""A standby answers by forwarding: each request goes, as it came, to the node that owns the shards.
+
+So every node of a deployment answers every request, and a load balancer (or a Kubernetes
+Service) may send to any of them. The owner authenticates the request again with the
+caller's own key; the standby adds nothing a caller could not send, except the header that
+stops a forwarded request from being forwarded again (two standbys during a takeover).
+
+Whole requests are relayed, not single ops batched per peer as DESIGN.md describes for
+partitioned ownership: while one node owns every shard, a standby's traffic all goes to the
+same peer, and relaying keeps each route's answer (status, RateLimit headers) exactly as the
+owner gives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from .. import limits
+from ..engine.node import Engine
+from ..errors import LockgateError, OutcomeUnknown, PayloadTooLarge, Unavailable
+from ..settings import Settings
+from . import problems
+from .dispatch import MSGPACK, Receive, Scope, Send, send_problem, wait_disconnect
+from .metrics import Metrics
+
+FORWARDED_BY = b"lockgate-forwarded-by"
+"""Set on a relayed request (so it is never relayed twice) and on the answer the caller gets."""
+
+# Headers about one connection, not the request: never relayed (RFC 9110 section 7.6.1),
+# and the length is set anew.
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+     b"host", b"content-length"}
+)  # fmt: skip
+_CLIENT_IP_HEADERS = (b"x-forwarded-for", b"x-real-ip")
+
+
+class Forwarder:
+    """Relays a standby's requests to the owner, over a small keep-alive pool per owner."""
+
+    def __init__(self, settings: Settings, engine: Callable[[], Engine | None], metrics: Metrics) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._answered = metrics.relayed.labels("answered")  # whatever the active node's status
+        self._failed = metrics.relayed.labels("failed")  # the active node could not be asked, or did not answer
+        self._slots = asyncio.Semaphore(settings.forward_connections_max)
+        self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._owner: tuple[str | None, float] = (None, 0.0)  # the owner's URL, and until when we trust it
+
+    def applies(self, scope: Scope) -> bool:
+        """A standby relays; a request that was relayed once is answered here (as a standby: 503)."""
+        engine = self._engine()
+        if engine is None or not engine.standing_by:
+            return False
+        return all(name != FORWARDED_BY for name, _ in scope["headers"])
+
+    async def owner_url(self) -> str | None:
+        """The URL of the node serving the shards, if a live one announced it (briefly cached)."""
+        url, fresh_until = self._owner
+        if time.monotonic() < fresh_until:
+            return url
+        engine = self._engine()
+        url = await engine.owner_url() if engine is not None else None
+        self._owner = (url, time.monotonic() + limits.FORWARD_OWNER_CACHE_MS / 1000)
+        return url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope["headers"]
+        wants_msgpack = any(name == b"accept" and MSGPACK in value for name, value in headers)
+        try:
+            body = await self._read_body(receive)
+            url = await self.owner_url()
+            if url is None:
+                raise Unavailable("this node is a standby and no live node owns the shards right now; retry")
+            # Long enough for the longest blocking acquire the owner holds open, then its commit.
+            timeout_s = (self._settings.max_wait_ms + self._settings.commit_timeout_ms) / 1000 + limits.FORWARD_SLACK_S
+            relay = asyncio.ensure_future(self._exchange(url, scope, body, timeout_s))
+            left = asyncio.ensure_future(wait_disconnect(receive))
+            try:
+                await asyncio.wait({relay, left}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                left.cancel()
+                if not relay.done():
+                    # The caller left: dropping our connection tells the owner, which ends a
+                    # blocking acquire there as it would for the caller.
+                    relay.cancel()
+            if not relay.done() or relay.cancelled():
+                return
+            status, answer_headers, answer = relay.result()
+        except LockgateError as error:
+            self._failed.inc()
+            await send_problem(send, problems.problem_for(error), wants_msgpack)
+            return
+        self._answered.inc()
+        answer_headers.append((FORWARDED_BY, self._node_id().encode()))
+        answer_headers.append((b"content-length", str(len(answer)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": answer_headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    def _node_id(self) -> str:
+        engine = self._engine()
+        return engine.node_id if engine is not None else ""
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._settings.max_body_bytes:
+                raise PayloadTooLarge(f"the body may have at most {self._settings.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def owner_ready(self) -> str | None:
+        """The owner's URL if it answers that it serves the shards now: a relay would be answered."""
+        url = await self.owner_url()
+        if url is None:
+            return None
+        probe = {"method": "GET", "path": "/readyz", "query_string": b"active=1", "headers": []}
+        try:
+            status, _, _ = await self._exchange(url, probe, b"", self._settings.forward_connect_timeout_ms / 1000)
+        except LockgateError:
+            return None
+        return url if status == 200 else None
+
+    async def _exchange(
+        self, url: str, scope: Scope, body: bytes, timeout_s: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One request to the owner; the owner's status, headers (hop-by-hop ones left out) and body."""
+        parts = urlsplit(url)
+        async with self._slots:
+            connection = await self._connection(url, parts.hostname or "127.0.0.1", parts.port or 80)
+            reader, writer = connection
+            sent = False
+            try:
+                async with asyncio.timeout(timeout_s):
+                    writer.write(self._request_head(scope, parts.netloc, len(body)) + body)
+                    sent = True
+                    status, answer_headers, answer, keep_alive = await _read_answer(reader)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as error:
+                writer.close()
+                self._owner = (None, 0.0)  # look the owner up again: it may have changed
+                if sent:
+                    raise OutcomeUnknown(
+                        f"the active node did not answer the relayed request ({error!r}); "
+                        "retry with the same request_id"
+                    ) from error
+                raise Unavailable(f"this node is a standby and cannot reach the active node: {error!r}") from error
+            except BaseException:
+                writer.close()  # cancelled mid-request: the connection's state is unknown
+                raise
+            if keep_alive:
+                self._idle.setdefault(url, []).append(connection)
+            else:
+                writer.close()
+        return status, answer_headers, answer
+
+    async def _connection(self, url: str, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        idle = self._idle.get(url)
+        while idle:
+            reader, writer = idle.pop()
+            if not writer.is_closing() and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        try:
+            async with asyncio.timeout(self._settings.forward_connect_timeout_ms / 1000):
+                return await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError) as error:
+            self._owner = (None, 0.0)
+            raise Unavailable(f"this node is a standby and cannot reach the active node at {url}: {error!r}") from error
+
+    def _request_head(self, scope: Scope, netloc: str, length: int) -> bytes:
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), target), b"host: " + netloc.encode()]
+        lines += [name + b": " + value for name, value in scope["headers"] if name not in _HOP_BY_HOP]
+        lines.append(b"content-length: %d" % length)
+        lines.append(FORWARDED_BY + b": " + self._node_id().encode())
+        client = scope.get("client")
+        if client and not any(name in _CLIENT_IP_HEADERS for name, _ in scope["headers"]):
+            # Gateway keys may be built from the caller's address: keep it the caller's, not ours.
+            lines.append(b"x-real-ip: " + str(client[0]).encode())
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    async def close(self) -> None:
+        for connections in self._idle.values():
+            for _, writer in connections:
+                writer.close()
+        self._idle.clear()
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head[:-4].split(b"\r\n")
+    status = int(status_line.split(b" ", 2)[1])
+    headers: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    chunked, keep_alive = False, True
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = value.lower() == b"chunked"
+        elif name == b"connection":
+            keep_alive = value.lower() != b"close"
+        if name not in _HOP_BY_HOP:
+            headers.append((name, value))
+    if length is not None:
+        return status, headers, await reader.readexactly(length), keep_alive
+    if chunked:
+        chunks: list[bytes] = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return status, headers, b"".join(chunks), keep_alive
+            chunks.append(chunk[:-2])
+    return status, headers, await reader.read(), False

@@ -1,0 +1,150 @@
+"""A standby relays every request to the active node, so any node of a deployment answers.
+
+Two real server processes on one real Valkey: the active node serves the shards, the
+standby relays to it over HTTP, and answers exactly what the active node answered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lockgate_server.api.forward import FORWARDED_BY, Forwarder
+from lockgate_server.api.metrics import Metrics
+from lockgate_server.harness import ServerProcess
+from lockgate_server.settings import Settings
+from lockgate_server.storage.embedded import EmbeddedValkey
+
+LOCKS = "/v1/namespaces/relay/locks"
+POLICY = """
+domain: relayed
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: hour, requests_per_unit: 2}
+http:
+  descriptors:
+    - entries: [{key: remote_address, source: client_ip}]
+"""
+
+
+@dataclass
+class Pair:
+    active: ServerProcess
+    standby: ServerProcess
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    valkey.start()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    env = {"LOCKGATE_REDIS_URL": valkey.url, "LOCKGATE_STANDBY_POLL_MS": "100", "LOCKGATE_POLICY_FILES": str(policy)}
+    active = ServerProcess(tmp_path / "active", env=env)
+    standby = ServerProcess(tmp_path / "standby", env=env)
+    try:
+        active.start()
+        standby.start(until="/readyz")  # ready as soon as it can relay
+        yield Pair(active, standby)
+    finally:
+        standby.stop()
+        active.stop()
+        valkey.stop()
+
+
+def test_a_standby_relays_writes_and_answers_what_the_active_node_answered(pair: Pair) -> None:
+    with httpx.Client(timeout=10) as client:
+        first = client.post(f"{pair.standby.url}{LOCKS}/job/acquire", json={"ttl_ms": 60_000, "holder": "a"})
+        assert first.status_code == 200, first.text
+        assert first.headers[FORWARDED_BY.decode()]
+        # The lock lives on the active node: it is held there, and a second acquire is refused there.
+        status = client.get(f"{pair.active.url}{LOCKS}/job").json()
+        assert status["held"] is True and status["token"] == first.json()["token"]
+        taken = client.post(f"{pair.standby.url}{LOCKS}/job/acquire", json={"ttl_ms": 1000})
+        assert taken.status_code == 409 and taken.headers["content-type"].startswith("application/problem+json")
+        released = client.post(f"{pair.standby.url}{LOCKS}/job/release", json={"lease_id": first.json()["lease_id"]})
+        assert released.status_code == 200 and released.json()["released"] is True
+        batch = client.post(
+            f"{pair.standby.url}/v1/batch",
+            json={"ops": [{"op": "counters.add", "namespace": "relay", "name": "n", "args": {"delta": 2}}] * 3},
+        )
+        assert [item["body"]["value"] for item in batch.json()["results"]] == [2, 4, 6]
+        assert client.get(f"{pair.active.url}/v1/namespaces/relay/counters/n").json()["value"] == 6
+        # Bad input is the active node's 4xx, relayed as it is.
+        bad = client.post(f"{pair.standby.url}{LOCKS}/job/acquire", json={"ttl_ms": -5})
+        assert bad.status_code == 422 and bad.json()["status"] == 422
+    assert pair.standby.metric("lockgate_relayed_requests_total", 'outcome="answered"') == 5
+
+
+def test_gateway_checks_keep_their_status_and_headers_through_a_standby(pair: Pair) -> None:
+    caller = {"X-Real-IP": "203.0.113.9"}
+    with httpx.Client(timeout=10) as client:
+        answers = [client.get(f"{pair.standby.url}/check/relayed", headers=caller) for _ in range(2)]
+        assert [answer.status_code for answer in answers] == [200, 200]
+        denied = client.get(f"{pair.standby.url}/check/relayed", headers=caller)
+        assert denied.status_code == 429
+        assert denied.headers["X-RateLimit-Remaining"] == "0" and int(denied.headers["Retry-After"]) > 0
+        assert "RateLimit-Policy" in denied.headers
+        # One limit, kept on the active node: asked directly, the caller is over it too.
+        assert client.get(f"{pair.active.url}/check/relayed", headers=caller).status_code == 429
+
+
+def test_a_caller_that_leaves_a_relayed_blocking_acquire_leaves_the_queue_on_the_active_node(pair: Pair) -> None:
+    with httpx.Client(timeout=10) as client:
+        held = client.post(f"{pair.active.url}{LOCKS}/busy/acquire", json={"ttl_ms": 60_000})
+        assert held.status_code == 200
+
+        def wait_then_leave() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{pair.standby.url}{LOCKS}/busy/acquire", json={"ttl_ms": 1000, "wait_ms": 30_000},
+                           timeout=1.5)  # fmt: skip
+
+        waiter = threading.Thread(target=wait_then_leave)
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while client.get(f"{pair.active.url}{LOCKS}/busy").json()["waiters"] != 1:
+            assert time.monotonic() < deadline, "the relayed acquire never queued on the active node"
+            time.sleep(0.05)
+        waiter.join()
+        while client.get(f"{pair.active.url}{LOCKS}/busy").json()["waiters"] != 0:
+            assert time.monotonic() < deadline + 5, "the active node kept the departed caller queued"
+            time.sleep(0.05)
+
+
+def test_a_relayed_request_is_never_relayed_again(pair: Pair) -> None:
+    with httpx.Client(timeout=10) as client:
+        # As the active node would see it if it were a standby too (during a takeover).
+        refused = client.get(f"{pair.standby.url}{LOCKS}/job", headers={FORWARDED_BY.decode(): "another-node"})
+        assert refused.status_code == 503 and "standby" in refused.json()["detail"], refused.text
+        assert "retry-after" in refused.headers
+
+
+def test_a_standby_is_not_ready_while_the_active_node_is_gone_then_serves_itself(pair: Pair) -> None:
+    with httpx.Client(timeout=10) as client:
+        assert client.get(f"{pair.standby.url}/readyz").json()["relays_to"] == pair.active.url
+        pair.active.kill()  # its ownership (and announced URL) outlive it by up to a lease
+        gone = client.get(f"{pair.standby.url}/readyz")
+        assert gone.status_code == 503 and gone.json()["relays_to"] is None, gone.text
+        relayed = client.get(f"{pair.standby.url}{LOCKS}/job")
+        assert relayed.status_code == 503 or "lockgate-forwarded-by" not in relayed.headers  # taken over already
+        pair.standby.wait_ready()  # takes over once the lease runs out
+        served = client.get(f"{pair.standby.url}{LOCKS}/job")
+        assert served.status_code == 200 and "lockgate-forwarded-by" not in served.headers
+
+
+def test_a_relayed_request_carries_the_callers_address_for_gateway_keys() -> None:
+    forwarder = Forwarder(Settings(), lambda: None, Metrics())
+    scope = {"method": "GET", "path": "/check/x", "query_string": b"", "client": ("198.51.100.7", 4000),
+             "headers": [(b"host", b"standby:8420"), (b"connection", b"keep-alive"), (b"x-api-key", b"k")]}  # fmt: skip
+    head = forwarder._request_head(scope, "active:8420", 0).decode()
+    assert "x-real-ip: 198.51.100.7" in head and "x-api-key: k" in head
+    assert "host: active:8420" in head and "standby:8420" not in head and "keep-alive" not in head
+    # A caller that says who it is (or a proxy in front that did) is taken at its word.
+    scope["headers"].append((b"x-forwarded-for", b"203.0.113.1"))
+    assert "x-real-ip" not in forwarder._request_head(scope, "active:8420", 0).decode()
