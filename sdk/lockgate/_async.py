@@ -68,7 +68,7 @@ class AsyncTransport:
                 head = _core.request_head(method, path, self._host_header, len(body), self._api_key)
                 connection.writer.write(head + body)
                 self.requests_sent += 1
-                status, keep_alive, data = await _read_response(connection.reader)
+                status, keep_alive, relayed, data = await _read_response(connection.reader)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
                 connection.close()
                 raise errors.TransportError(f"{method} {path}: {error!r}") from error
@@ -79,7 +79,7 @@ class AsyncTransport:
                 self._idle.append(connection)
             else:
                 connection.close()
-        return Response(status, _core.decode_body(data), self.node)
+        return Response(status, _core.decode_body(data), self.node, relayed)
 
     async def _connect(self, timeout: float) -> _Connection:
         try:
@@ -111,21 +111,25 @@ class AsyncNodes:
     async def request(self, method: str, path: str, body: bytes, timeout: float) -> Response:
         index = self._nodes.current
         try:
-            return await self._transports[index].request(method, path, body, timeout)
+            response = await self._transports[index].request(method, path, body, timeout)
         except errors.TransportError:
-            self._nodes.failed(index)
+            self._nodes.move_on(index)
             raise
+        if response.relayed:
+            self._nodes.move_on(index)
+        return response
 
     def failed(self, node: int) -> None:
         """`node` answered 503 (the whole request or one op of a batch): try the next one."""
-        self._nodes.failed(node)
+        self._nodes.move_on(node)
 
     async def close(self) -> None:
         for transport in self._transports:
             await transport.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bool, bytes]:
+    """(status, keep-alive, relayed by a standby, body)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -135,17 +139,18 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
     keep_alive = headers.get("connection", "").lower() != "close"
+    relayed = _core.RELAYED_BY in headers
     if "content-length" in headers:
-        return status, keep_alive, await reader.readexactly(int(headers["content-length"]))
+        return status, keep_alive, relayed, await reader.readexactly(int(headers["content-length"]))
     if headers.get("transfer-encoding", "").lower() == "chunked":
         chunks: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
             chunk = await reader.readexactly(size + 2)
             if size == 0:
-                return status, keep_alive, b"".join(chunks)
+                return status, keep_alive, relayed, b"".join(chunks)
             chunks.append(chunk[:-2])
-    return status, False, await reader.read()
+    return status, False, relayed, await reader.read()
 
 
 class _Batcher:

@@ -22,6 +22,8 @@ from . import errors
 T = TypeVar("T")
 
 MSGPACK = "application/msgpack"
+RELAYED_BY = "lockgate-forwarded-by"
+"""Set on an answer that a standby relayed from the active node."""
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
@@ -131,16 +133,19 @@ def node_urls(url: str | Sequence[str]) -> list[str]:
 class Nodes:
     """Which of several nodes (an active one and its standbys) to send to.
 
-    Stick with one while it answers; after a connection failure or a 503 (a standby, a node
-    stopping, a store away), of a whole request or of one op in a batch, move on to the next,
-    so the retry that follows tries another node.
+    Stick with one while it answers; after a connection failure or a 503 (a node stopping, a
+    store away, a standby with nowhere to relay), of a whole request or of one op in a batch,
+    move on to the next, so the retry that follows tries another node. An answer a standby
+    relayed from the active node is used, and the next call tries the next node too: that
+    finds the active node, which saves the relay's extra hop.
     """
 
     def __init__(self, count: int) -> None:
         self.count = count
         self.current = 0
 
-    def failed(self, index: int) -> None:
+    def move_on(self, index: int) -> None:
+        """`index` failed, or is a standby that relayed our request: the next call tries the next."""
         if index == self.current:  # concurrent failures of one node move on once
             self.current = (index + 1) % self.count
 
@@ -177,6 +182,7 @@ class Response:
     status: int
     payload: Any  # decoded body
     node: int = 0  # which of the client's nodes answered
+    relayed: bool = False  # a standby relayed the request to the active node
 
 
 @dataclass(frozen=True)

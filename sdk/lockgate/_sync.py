@@ -61,7 +61,8 @@ class SyncTransport:
             connection.close()
         else:
             self._idle.put(connection)
-        return Response(answer.status, _core.decode_body(data), self.node)
+        relayed = answer.getheader(_core.RELAYED_BY) is not None
+        return Response(answer.status, _core.decode_body(data), self.node, relayed)
 
     def close(self) -> None:
         while True:
@@ -85,14 +86,17 @@ class SyncNodes:
     def request(self, method: str, path: str, body: bytes, read_timeout: float) -> Response:
         index = self._nodes.current
         try:
-            return self._transports[index].request(method, path, body, read_timeout)
+            response = self._transports[index].request(method, path, body, read_timeout)
         except errors.TransportError:
-            self._nodes.failed(index)
+            self._nodes.move_on(index)
             raise
+        if response.relayed:
+            self._nodes.move_on(index)
+        return response
 
     def failed(self, node: int) -> None:
         """`node` answered 503 (the whole request or one op of a batch): try the next one."""
-        self._nodes.failed(node)
+        self._nodes.move_on(node)
 
     def close(self) -> None:
         for transport in self._transports:

@@ -1,5 +1,5 @@
-"""A client given every node of a deployment follows the active one: past a standby's 503s,
-and on to the standby when the active node is killed.
+"""A client given every node of a deployment follows the active one: from a standby (which
+relays its first call) to the active node, and on to the standby when the active node is killed.
 """
 
 from __future__ import annotations
@@ -69,6 +69,14 @@ async def test_the_async_client_follows_the_active_node(deployment: Deployment) 
         assert status.held and status.token == lease.token
         await context.release()
         assert not (await lg.lock_status("job")).held
+
+
+def test_a_client_moves_from_a_standby_to_the_active_node_after_one_relayed_answer(
+    deployment: Deployment,
+) -> None:
+    with Client(deployment.urls, namespace="failover") as lg:
+        assert [lg.counter("hops").add(1) for _ in range(5)] == [1, 2, 3, 4, 5]
+    assert deployment.standby.metric("lockgate_relayed_requests_total", 'outcome="answered"') == 1
 
 
 def test_a_client_takes_one_url_a_list_or_a_comma_separated_string() -> None:
