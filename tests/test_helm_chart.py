@@ -39,6 +39,7 @@ STATEFULSET = TEMPLATES / "statefulset.yaml"
 HELPERS = TEMPLATES / "_helpers.tpl"
 DOCKERFILE = ROOT / "Dockerfile"
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+POD_IP = "10.1.2.3"  # what the downward API would give the pod
 """Not a field: load_settings reads the TOML file it names (checked below)."""
 
 VARIABLE = re.compile(r"\bLOCKGATE_[A-Z0-9_]+\b")
@@ -158,13 +159,19 @@ def test_ports_match_the_servers_defaults() -> None:
     assert exposed and set(exposed.group(1).split()) == {str(defaults.port), str(defaults.grpc_port)}
 
 
-def test_the_chart_runs_exactly_one_replica() -> None:
-    assert values()["replicaCount"] == 1
+def test_the_chart_runs_an_active_node_and_a_standby_that_knows_where_to_relay() -> None:
+    assert values()["replicaCount"] == 2
     template = STATEFULSET.read_text()
     assert "kind: StatefulSet" in template
     assert re.search(r"^  replicas: \{\{ int \.Values\.replicaCount \}\}$", template, re.M)
     assert template.startswith('{{- include "lockgate.validate" . }}')
-    assert re.search(r"if or \(lt \$replicas 0\) \(gt \$replicas 1\) \}\}\s*\n\{\{- fail", HELPERS.read_text())
+    one_store_each = r"if and \.Values\.store\.embedded\.enabled \(gt \$replicas 1\) \}\}\s*\n\{\{- fail"
+    assert re.search(one_store_each, HELPERS.read_text())
+    assert re.search(
+        r"name: POD_IP\s*\n\s*valueFrom:\s*\n\s*fieldRef:\s*\n\s*fieldPath: status\.podIP\s*\n"
+        r"\s*- name: LOCKGATE_ADVERTISE_URL\s*\n\s*value: .*http://\$\(POD_IP\):%d.*\.Values\.ports\.http",
+        template,
+    )
 
 
 def test_api_keys_are_required_because_the_server_refuses_to_run_open() -> None:
@@ -289,11 +296,17 @@ def server_environment(docs: list[dict[str, Any]], pod_files: Path) -> dict[str,
                 (folder / file_name).write_text(text)
     environment: dict[str, str] = {}
     for variable in container["env"]:
-        if "valueFrom" in variable:
+        if "valueFrom" in variable and "fieldRef" in variable["valueFrom"]:
+            assert variable["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+            environment[variable["name"]] = POD_IP
+        elif "valueFrom" in variable:
             ref = variable["valueFrom"]["secretKeyRef"]
             environment[variable["name"]] = kind(docs, "Secret", ref["name"])["stringData"][ref["key"]]
         else:
-            environment[variable["name"]] = variable["value"]
+            # Kubernetes expands $(NAME) from the variables defined before it.
+            environment[variable["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda match: environment[match.group(1)], variable["value"]
+            )
     # Paths in the pod, as seen from here.
     environment[CONFIG_VARIABLE] = str(pod_files / environment[CONFIG_VARIABLE].lstrip("/"))
     if f"{ENV_PREFIX}POLICY_FILES" in environment:
@@ -305,14 +318,15 @@ def server_environment(docs: list[dict[str, Any]], pod_files: Path) -> dict[str,
 def test_rendered_chart_configures_a_server_that_starts(render: Render, tmp_path: Path) -> None:
     docs = render(PRODUCTION)
     statefulset = kind(docs, "StatefulSet")
-    assert statefulset["spec"]["replicas"] == 1
+    assert statefulset["spec"]["replicas"] == 2
     pod = statefulset["spec"]["template"]["spec"]
     assert pod["enableServiceLinks"] is False, "a Service named lockgate would set LOCKGATE_PORT=tcp://..."
     container = pod["containers"][0]
     environment = server_environment(docs, tmp_path)
-    assert set(environment) <= set(setting_variables()) | {CONFIG_VARIABLE}
+    assert set(environment) <= set(setting_variables()) | {CONFIG_VARIABLE, "POD_IP"}
     settings = load_settings(environ=environment)
     assert settings.host == values()["listenHost"]
+    assert settings.advertise_url == f"http://{POD_IP}:{settings.port}"
     assert settings.api_keys == [KEY]
     assert settings.redis_url == PRODUCTION["store"]["redisUrl"]
     assert settings.require_fsync_always is True
@@ -330,7 +344,8 @@ def test_rendered_chart_configures_a_server_that_starts(render: Render, tmp_path
 
 
 def test_rendered_embedded_store_is_on_a_volume_claim(render: Render, tmp_path: Path) -> None:
-    docs = render({"auth": PRODUCTION["auth"], "store": {"embedded": {"enabled": True}}, "ports": {"grpc": 0}})
+    store = {"embedded": {"enabled": True}}
+    docs = render({"auth": PRODUCTION["auth"], "store": store, "ports": {"grpc": 0}, "replicaCount": 1})
     statefulset = kind(docs, "StatefulSet")
     environment = server_environment(docs, tmp_path)
     assert f"{ENV_PREFIX}REDIS_URL" not in environment
@@ -345,7 +360,8 @@ def test_rendered_embedded_store_is_on_a_volume_claim(render: Render, tmp_path: 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({**PRODUCTION, "replicaCount": 2}, "exactly one replica"),
+        ({**PRODUCTION, "replicaCount": -1}, "replicaCount is -1"),
+        ({"auth": PRODUCTION["auth"], "store": {"embedded": {"enabled": True}}}, "a store of its own"),
         ({"store": PRODUCTION["store"]}, "LOCKGATE_API_KEYS"),
         ({"auth": PRODUCTION["auth"]}, "LOCKGATE_REDIS_URL"),
         ({**PRODUCTION, "auth": {"apiKeys": [{**msgspec.to_builtins(KEY), "sha256": "the-key"}]}}, "SHA-256"),

@@ -55,7 +55,7 @@ Settings the chart sets through the environment (it wins over the TOML file), so
 .Values.config may not carry them: each maps to LOCKGATE_<NAME> in the StatefulSet.
 */}}
 {{- define "lockgate.managedSettings" -}}
-{{- list "host" "port" "grpc_port" "redis_url" "data_dir" "api_keys" "policy_files" "require_fsync_always" | toJson }}
+{{- list "host" "port" "grpc_port" "redis_url" "data_dir" "api_keys" "policy_files" "require_fsync_always" "advertise_url" | toJson }}
 {{- end }}
 
 {{/*
@@ -65,8 +65,11 @@ EmbeddedValkey.stop's wait); tests/test_helm_chart.py checks them against the co
 */}}
 {{- define "lockgate.validate" -}}
 {{- $replicas := int .Values.replicaCount }}
-{{- if or (lt $replicas 0) (gt $replicas 1) }}
-{{- fail (printf "lockgate: replicaCount is %d, but the chart runs exactly one replica (0 to stop it). One node owns every shard through a lease in the store and requests are not forwarded between nodes yet: a second pod would stand by, never Ready, which stalls the StatefulSet's ordered rollout." $replicas) }}
+{{- if lt $replicas 0 }}
+{{- fail (printf "lockgate: replicaCount is %d; use 0 to stop the service" $replicas) }}
+{{- end }}
+{{- if and .Values.store.embedded.enabled (gt $replicas 1) }}
+{{- fail (printf "lockgate: replicaCount is %d, but store.embedded.enabled gives each pod a store of its own, so the pods would not share locks or limits: set replicaCount=1, or use an external store" $replicas) }}
 {{- end }}
 {{- if and (not .Values.auth.existingSecret) (empty .Values.auth.apiKeys) }}
 {{- fail "lockgate: set auth.apiKeys (SHA-256 hashes of your keys) or auth.existingSecret. The pod listens off loopback, where lockgate-server refuses to run without API keys (LOCKGATE_API_KEYS)." }}
