@@ -79,7 +79,8 @@ STANDBY_POLL_MS: Final = 500
 """How often a standby node checks whether the live owner of its shards stopped renewing
 them; failover takes at most the owner's lease plus this, plus loading."""
 FORWARD_CONNECTIONS_MAX: Final = 256
-"""Connections a standby keeps open to the active node for the requests it relays."""
+"""Connections a standby keeps open to the active node for the requests it relays; with all of
+them busy (say, with blocking acquires), a request waits the connect timeout, then gets 503."""
 FORWARD_CONNECT_TIMEOUT_MS: Final = 1_000
 FORWARD_OWNER_CACHE_MS: Final = 1_000
 """How long a standby trusts its lookup of which node is active (a failed relay looks again)."""

@@ -78,7 +78,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     forward_connections_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = limits.FORWARD_CONNECTIONS_MAX
     """Connections a standby opens to the active node for the requests it relays there."""
     forward_connect_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = limits.FORWARD_CONNECT_TIMEOUT_MS
-    """A standby that cannot connect to the active node within this answers 503."""
+    """A standby that cannot connect to the active node (or get one of its connections) within this answers 503."""
     snapshot_every_entries: Annotated[int, msgspec.Meta(ge=10)] = limits.SNAPSHOT_EVERY_ENTRIES
     """A shard snapshots after this many log entries ..."""
     snapshot_every_ms: Annotated[int, msgspec.Meta(ge=100)] = limits.SNAPSHOT_EVERY_MS

@@ -6,6 +6,7 @@ standby relays to it over HTTP, and answers exactly what the active node answere
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -39,13 +40,14 @@ class Pair:
     standby: ServerProcess
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
+@contextlib.contextmanager
+def running_pair(tmp_path: Path, **settings: str) -> Iterator[Pair]:
     valkey = EmbeddedValkey(tmp_path / "valkey")
     valkey.start()
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     env = {"LOCKGATE_REDIS_URL": valkey.url, "LOCKGATE_STANDBY_POLL_MS": "100", "LOCKGATE_POLICY_FILES": str(policy)}
+    env.update({f"LOCKGATE_{name.upper()}": value for name, value in settings.items()})
     active = ServerProcess(tmp_path / "active", env=env)
     standby = ServerProcess(tmp_path / "standby", env=env)
     try:
@@ -56,6 +58,12 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         standby.stop()
         active.stop()
         valkey.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    with running_pair(tmp_path) as started:
+        yield started
 
 
 def test_a_standby_relays_writes_and_answers_what_the_active_node_answered(pair: Pair) -> None:
@@ -115,6 +123,28 @@ def test_a_caller_that_leaves_a_relayed_blocking_acquire_leaves_the_queue_on_the
         while client.get(f"{pair.active.url}{LOCKS}/busy").json()["waiters"] != 0:
             assert time.monotonic() < deadline + 5, "the active node kept the departed caller queued"
             time.sleep(0.05)
+
+
+def test_a_standby_with_every_relay_connection_busy_answers_503_at_once(tmp_path: Path) -> None:
+    settings = {"forward_connections_max": "1", "forward_connect_timeout_ms": "200"}
+    with running_pair(tmp_path, **settings) as busy, httpx.Client(timeout=10) as client:
+        assert client.post(f"{busy.active.url}{LOCKS}/held/acquire", json={"ttl_ms": 60_000}).status_code == 200
+        waiter = threading.Thread(
+            target=lambda: client.post(
+                f"{busy.standby.url}{LOCKS}/held/acquire", json={"ttl_ms": 1000, "wait_ms": 3000}
+            )
+        )
+        waiter.start()  # holds the standby's one relay connection for 3 s
+        deadline = time.monotonic() + 5
+        while client.get(f"{busy.active.url}{LOCKS}/held").json()["waiters"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        refused = client.get(f"{busy.standby.url}{LOCKS}/held")
+        assert refused.status_code == 503 and "busy" in refused.json()["detail"], refused.text
+        assert time.monotonic() - started < 2.0  # not after the blocking acquire's 3 s
+        waiter.join()
+        assert client.get(f"{busy.standby.url}{LOCKS}/held").status_code == 200  # free again
 
 
 def test_a_relayed_request_is_never_relayed_again(pair: Pair) -> None:

@@ -65,6 +65,9 @@ class Forwarder:
         engine = self._engine()
         url = await engine.owner_url() if engine is not None else None
         self._owner = (url, time.monotonic() + limits.FORWARD_OWNER_CACHE_MS / 1000)
+        for gone in [known for known in self._idle if known != url]:  # a former owner's
+            for _, writer in self._idle.pop(gone):
+                writer.close()
         return url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,7 +137,14 @@ class Forwarder:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One request to the owner; the owner's status, headers (hop-by-hop ones left out) and body."""
         parts = urlsplit(url)
-        async with self._slots:
+        connect_timeout_s = self._settings.forward_connect_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(connect_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError as error:
+            limit = self._settings.forward_connections_max
+            raise Unavailable(f"this standby's {limit} connections to the active node are all busy") from error
+        try:
             connection = await self._connection(url, parts.hostname or "127.0.0.1", parts.port or 80)
             reader, writer = connection
             sent = False
@@ -159,6 +169,8 @@ class Forwarder:
                 self._idle.setdefault(url, []).append(connection)
             else:
                 writer.close()
+        finally:
+            self._slots.release()
         return status, answer_headers, answer
 
     async def _connection(self, url: str, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
