@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lockgate_server import limits
 from lockgate_server.api.forward import FORWARDED_BY, Forwarder
 from lockgate_server.api.metrics import Metrics
 from lockgate_server.harness import ServerProcess
@@ -38,6 +39,7 @@ http:
 class Pair:
     active: ServerProcess
     standby: ServerProcess
+    valkey: EmbeddedValkey
 
 
 @contextlib.contextmanager
@@ -53,7 +55,7 @@ def running_pair(tmp_path: Path, **settings: str) -> Iterator[Pair]:
     try:
         active.start()
         standby.start(until="/readyz")  # ready as soon as it can relay
-        yield Pair(active, standby)
+        yield Pair(active, standby, valkey)
     finally:
         standby.stop()
         active.stop()
@@ -166,6 +168,18 @@ def test_a_standby_is_not_ready_while_the_active_node_is_gone_then_serves_itself
         pair.standby.wait_ready()  # takes over once the lease runs out
         served = client.get(f"{pair.standby.url}{LOCKS}/job")
         assert served.status_code == 200 and "lockgate-forwarded-by" not in served.headers
+
+
+def test_a_standby_that_cannot_reach_the_store_answers_a_retryable_503(pair: Pair) -> None:
+    pair.valkey.kill()
+    time.sleep(limits.FORWARD_OWNER_CACHE_MS / 1000 + 0.2)  # so the standby must look the owner up again
+    with httpx.Client(timeout=10) as client:
+        for path in (f"{LOCKS}/job", "/check/relayed"):
+            answer = client.get(f"{pair.standby.url}{path}", headers={"X-Real-IP": "192.0.2.1"})
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert "retry-after" in answer.headers
+        assert client.get(f"{pair.standby.url}/readyz").status_code == 503
 
 
 def test_a_relayed_request_carries_the_callers_address_for_gateway_keys() -> None:

@@ -122,11 +122,11 @@ class Forwarder:
 
     async def owner_ready(self) -> str | None:
         """The owner's URL if it answers that it serves the shards now: a relay would be answered."""
-        url = await self.owner_url()
-        if url is None:
-            return None
         probe = {"method": "GET", "path": "/readyz", "query_string": b"active=1", "headers": []}
         try:
+            url = await self.owner_url()
+            if url is None:
+                return None
             status, _, _ = await self._exchange(url, probe, b"", self._settings.forward_connect_timeout_ms / 1000)
         except LockgateError:
             return None

@@ -184,7 +184,10 @@ class Engine:
     async def owner_url(self) -> str | None:
         """Where the live owner of the shards this node stands by for serves (None: nobody, or us)."""
         waiting = [shard for shard, slot in self._slots.items() if slot.status is SlotStatus.STANDBY]
-        url = await self._store.owner_url(waiting[0] if waiting else next(iter(self._slots)))
+        try:
+            url = await self._store.owner_url(waiting[0] if waiting else next(iter(self._slots)))
+        except STORE_ERRORS as error:
+            raise Unavailable(f"cannot reach the store to find the active node: {error!r}") from error
         return None if url == self.config.advertise_url else url
 
     async def _announce(self) -> None:
