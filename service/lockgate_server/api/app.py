@@ -66,7 +66,7 @@ class LockgateApp:
         self.litestar = self._build_litestar()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._relayed(scope["path"]) and self.forwarder.applies(scope):
+        if scope["type"] == "http" and self.forwarder.applies(scope) and self._relayed(scope["path"]):
             await self.forwarder(scope, receive, send)
         elif scope["type"] == "http" and self.gateway.handles(scope["path"]):
             await self.gateway(scope, receive, send)

@@ -130,7 +130,8 @@ class Engine:
         self._last_now_ms = 0
         owned = self.config.owned if self.config.owned is not None else range(self.config.shard_count)
         self._object_tally: dict[str, int] = {}  # objects per namespace over every slot below
-        self._slots: dict[int, Slot] = {shard: Slot(shard, self._object_tally) for shard in owned}
+        self._statuses: collections.Counter[SlotStatus] = collections.Counter()
+        self._slots: dict[int, Slot] = {shard: Slot(shard, self._object_tally, self._statuses) for shard in owned}
         self._pending = PendingCommit()
         self._wakeup = asyncio.Event()
         self._in_flight: collections.deque[tuple[PendingCommit, list[ShardAppend], asyncio.Future[Any], float]] = (
@@ -203,7 +204,7 @@ class Engine:
     @property
     def standing_by(self) -> bool:
         """Waiting to take over from a live node (not a node that is stopping or broken)."""
-        return not self._stopping and any(slot.status is SlotStatus.STANDBY for slot in self._slots.values())
+        return not self._stopping and self._statuses[SlotStatus.STANDBY] > 0
 
     def _run_loop(self, loop: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.create_task(loop, name=name)

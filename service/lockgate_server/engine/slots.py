@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import os
 import time
@@ -36,6 +37,8 @@ class Slot:
     """One shard as this node holds it."""
 
     __slots__ = (
+        "_count",
+        "_status",
         "covering",
         "entries",
         "entries_since_snapshot",
@@ -46,13 +49,14 @@ class Slot:
         "sealed_lsn",
         "shard",
         "state",
-        "status",
     )
 
-    def __init__(self, shard: int, tally: dict[str, int]) -> None:
+    def __init__(self, shard: int, tally: dict[str, int], count: collections.Counter[SlotStatus]) -> None:
         self.shard = shard
         self.state = ShardState(shard, tally)
-        self.status = SlotStatus.LOADING
+        self._count = count  # slots per status, over the node: "any standing by?" without a scan
+        self._status = SlotStatus.LOADING
+        count[self._status] += 1
         self.epoch = 0
         self.generation = 0  # bumped whenever speculative state is thrown away
         self.sealed_lsn = 0  # last LSN handed to a commit
@@ -62,8 +66,18 @@ class Slot:
         self.last_snapshot_ms = 0
         self.owned_until = 0.0  # monotonic: serve nothing after this unless the lease is renewed
 
+    @property
+    def status(self) -> SlotStatus:
+        return self._status
+
+    @status.setter
+    def status(self, status: SlotStatus) -> None:
+        self._count[self._status] -= 1
+        self._count[status] += 1
+        self._status = status
+
     def serving(self) -> bool:
-        return self.status is SlotStatus.READY and time.monotonic() < self.owned_until
+        return self._status is SlotStatus.READY and time.monotonic() < self.owned_until
 
 
 class PendingCommit:
