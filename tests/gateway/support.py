@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from lockgate_server.harness import ServerProcess
+from lockgate_server.harness import SERVING, ServerProcess
 from lockgate_server.storage.embedded import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "envoy-ratelimit"
@@ -50,6 +50,6 @@ class GatewayServer(ServerProcess):
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self) -> GatewayServer:
-        super().start()
+    def start(self, *, until: str = SERVING) -> GatewayServer:
+        super().start(until=until)
         return self

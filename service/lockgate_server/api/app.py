@@ -59,7 +59,7 @@ class LockgateApp:
         self.dispatcher = Dispatcher(settings, self.keyring, self.runtime.current_engine, self.metrics)
         self.forwarder = Forwarder(settings, lambda: self.runtime.engine, self.metrics)
         try:
-            self.gateway = Gateway(settings, self.keyring, self.runtime.current_engine, self.metrics)
+            self.gateway = Gateway(settings, self.keyring, self.runtime.current_engine, self.metrics, self.forwarder)
         except PolicyError as error:
             raise SystemExit(f"gateway policies: {error}") from error
         self.openapi = openapi_document(ApiPart(paths=_SERVICE_PATHS), gateway_openapi())

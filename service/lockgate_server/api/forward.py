@@ -50,12 +50,14 @@ class Forwarder:
         self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._owner: tuple[str | None, float] = (None, 0.0)  # the owner's URL, and until when we trust it
 
+    @property
+    def standing_by(self) -> bool:
+        engine = self._engine()
+        return engine is not None and engine.standing_by
+
     def applies(self, scope: Scope) -> bool:
         """A standby relays; a request that was relayed once is answered here (as a standby: 503)."""
-        engine = self._engine()
-        if engine is None or not engine.standing_by:
-            return False
-        return all(name != FORWARDED_BY for name, _ in scope["headers"])
+        return self.standing_by and all(name != FORWARDED_BY for name, _ in scope["headers"])
 
     async def owner_url(self) -> str | None:
         """The URL of the node serving the shards, if a live one announced it (briefly cached)."""
@@ -119,6 +121,22 @@ class Forwarder:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    async def relay(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
+        """One request to the active node for a caller that is not HTTP (the gRPC service):
+        its status and body; LockgateError when it cannot be asked or did not answer."""
+        scope = {"method": method, "path": path, "query_string": b"", "headers": headers}
+        try:
+            url = await self.owner_url()
+            if url is None:
+                raise Unavailable("this node is a standby and no live node owns the shards right now; retry")
+            timeout_s = self._settings.commit_timeout_ms / 1000 + limits.FORWARD_SLACK_S
+            status, _, answer = await self._exchange(url, scope, body, timeout_s)
+        except LockgateError:
+            self._failed.inc()
+            raise
+        self._answered.inc()
+        return status, answer
 
     async def owner_ready(self) -> str | None:
         """The owner's URL if it answers that it serves the shards now: a relay would be answered."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -30,6 +30,9 @@ from .proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from .proto.envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
 from .registry import PolicyRegistry
 from .telemetry import GatewayMetrics
+
+if TYPE_CHECKING:
+    from .rls_relay import RlsRelay
 
 log = logging.getLogger("lockgate.gateway")
 
@@ -128,16 +131,42 @@ def _add_status(response: RateLimitResponse, status: DescriptorStatus) -> None:
     )
 
 
+class RelayRefused(Exception):
+    """A standby's relay of a call: the active node refused it, or could not be asked."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
 class RateLimitService:
-    def __init__(self, registry: PolicyRegistry, decider: Decider, keyring: KeyRing, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        registry: PolicyRegistry,
+        decider: Decider,
+        keyring: KeyRing,
+        metrics: GatewayMetrics,
+        relay: RlsRelay | None = None,
+    ) -> None:
         self._registry = registry
         self._decider = decider
         self._keyring = keyring
         self._metrics = metrics
+        self._relay = relay
 
     async def should_rate_limit(
         self, request: RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> RateLimitResponse:
+        if self._relay is not None and self._relay.standing_by:
+            try:  # the active node authenticates and decides
+                return await self._relay.should_rate_limit(request, context.invocation_metadata() or ())
+            except RelayRefused as refused:
+                await context.abort(refused.code, refused.detail)
+                raise
+            except LockgateError as error:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, error.detail)
+                raise
         try:
             if not self._keyring.open:
                 self._authorize(context)

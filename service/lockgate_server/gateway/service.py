@@ -9,6 +9,7 @@ from typing import Final
 
 from .. import limits
 from ..api.auth import KeyRing
+from ..api.forward import Forwarder
 from ..api.metrics import Metrics
 from ..engine.node import Engine
 from ..settings import Settings
@@ -19,6 +20,7 @@ from .http_check import CHECK_PATH, JSON_PATH, GatewayHttp
 from .loader import load_policy_files
 from .registry import PolicyRegistry
 from .rls import RateLimitService, start_server
+from .rls_relay import RlsRelay
 from .telemetry import GatewayMetrics
 
 _PREFIXES: Final = (CHECK_PATH, JSON_PATH, ADMIN_PATH)
@@ -27,14 +29,22 @@ _PREFIXES: Final = (CHECK_PATH, JSON_PATH, ADMIN_PATH)
 class Gateway:
     """Policy files are read here, so a bad file stops the server before it listens."""
 
-    def __init__(self, settings: Settings, keyring: KeyRing, engine: Callable[[], Engine], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        keyring: KeyRing,
+        engine: Callable[[], Engine],
+        metrics: Metrics,
+        forwarder: Forwarder | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = PolicyRegistry(load_policy_files(settings.policy_files))
         gateway_metrics = GatewayMetrics(metrics)
         self.decider = Decider(engine, gateway_metrics)
         self.http = GatewayHttp(settings, keyring, self.registry, self.decider, gateway_metrics)
         self.admin = PolicyAdmin(settings, keyring, self.registry, self.decider)
-        self.rls = RateLimitService(self.registry, self.decider, keyring, gateway_metrics)
+        relay = RlsRelay(forwarder) if forwarder is not None else None
+        self.rls = RateLimitService(self.registry, self.decider, keyring, gateway_metrics, relay)
 
     @staticmethod
     def handles(path: str) -> bool:
