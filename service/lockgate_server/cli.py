@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     from granian.constants import Interfaces, Loops
     from granian.server import Server
 
-    # One worker: a node is one event loop owning every shard (multi-node ownership with
-    # forwarding is not built yet). granian + uvloop measured fastest here for ASGI.
+    # One worker: a node is one event loop owning every shard (a second node stands by and
+    # relays to it; shards spread over several active nodes are not built yet). granian +
+    # uvloop measured fastest here for ASGI; uvicorn + httptools was no faster in bench-http.
     server = Server(
         target="lockgate_server.api.app:create_app",
         factory=True,
