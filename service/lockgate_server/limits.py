@@ -107,6 +107,9 @@ GATEWAY_POLICY_BYTES_MAX: Final = 4 * 1024 * 1024
 GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS: Final = 200
 """How long a gateway check waits for the store before the domain's failure_mode decides."""
 GATEWAY_FAILURE_TIMEOUT_MAX_MS: Final = 10_000
+GATEWAY_RELAY_SLACK_MS: Final = 100
+"""A standby relaying a gateway check waits the domain's failure timeout plus this (the hop to
+the active node and back); with no answer by then, the domain's failure_mode decides."""
 GATEWAY_POLICY_REFRESH_MS: Final = 1_000
 """How often a node looks for runtime policy changes made through another node."""
 GRPC_PORT_DEFAULT: Final = 8081

@@ -6,10 +6,12 @@ the relayed call and the active node checks them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from lockgate_server.gateway.proto.envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor
@@ -23,9 +25,27 @@ OK, OVER_LIMIT = RateLimitResponse.OK, RateLimitResponse.OVER_LIMIT
 WRITER = (("authorization", "Bearer gateway-writer"),)
 POLICY = """
 domain: relayed
+failure_timeout_ms: 3000  # the relayed answer, not failure_mode, even on a loaded machine
 descriptors:
   - key: user
     rate_limit: {unit: day, requests_per_unit: 2}
+---
+domain: open
+failure_mode: allow
+failure_timeout_ms: 100
+descriptors:
+  - {key: user, rate_limit: {unit: day, requests_per_unit: 100}}
+http:
+  descriptors:
+    - entries: [{key: user, source: header, header: X-User}]
+---
+domain: closed
+failure_timeout_ms: 100
+descriptors:
+  - {key: user, rate_limit: {unit: day, requests_per_unit: 100}}
+http:
+  descriptors:
+    - entries: [{key: user, source: header, header: X-User}]
 """
 
 
@@ -51,9 +71,9 @@ async def nodes(tmp_path: Path) -> AsyncIterator[tuple[GatewayServer, GatewaySer
         valkey.stop()
 
 
-def request(user: str) -> RateLimitRequest:
+def request(user: str, domain: str = "relayed") -> RateLimitRequest:
     entry = RateLimitDescriptor.Entry(key="user", value=user)
-    return RateLimitRequest(domain="relayed", descriptors=[RateLimitDescriptor(entries=[entry])])
+    return RateLimitRequest(domain=domain, descriptors=[RateLimitDescriptor(entries=[entry])])
 
 
 async def test_a_standby_relays_should_rate_limit_with_the_callers_credentials(
@@ -91,3 +111,31 @@ async def test_a_standby_with_no_active_node_answers_unavailable(nodes: tuple[Ga
         with pytest.raises(grpc.aio.AioRpcError) as unavailable:
             await RateLimitServiceStub(channel).ShouldRateLimit(request("u3"), metadata=WRITER, timeout=5)
     assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_with_the_active_node_frozen_a_standby_answers_by_the_domains_failure_mode(
+    nodes: tuple[GatewayServer, GatewayServer],
+) -> None:
+    active, standby = nodes
+    async with grpc.aio.insecure_channel(standby.grpc_target) as channel:
+        stub = RateLimitServiceStub(channel)
+        assert (await stub.ShouldRateLimit(request("u4", "open"), metadata=WRITER, timeout=5)).overall_code == OK
+        active.pause()  # SIGSTOP: connections to it open, nothing answers
+        try:
+            started = time.monotonic()
+            allowed = await stub.ShouldRateLimit(request("u4", "open"), metadata=WRITER, timeout=5)
+            assert allowed.overall_code == OK
+            failure = {h.key: h.value for h in allowed.response_headers_to_add}["X-Lockgate-Failure"]
+            assert failure == "store-unavailable"
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await stub.ShouldRateLimit(request("u4", "closed"), metadata=WRITER, timeout=5)
+            assert denied.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - started < 2.0  # two failure timeouts (100 ms) and the hop, not the client's 5 s
+            # The HTTP check does the same through a standby: the domain's failure_mode, in time.
+            async with httpx.AsyncClient(base_url=standby.url, timeout=5) as http:
+                caller = {"X-Lockgate-Key": "gateway-writer", "X-User": "u4"}
+                opened = await http.get("/check/open", headers=caller)
+                assert opened.status_code == 200 and opened.headers["X-Lockgate-Failure"] == "store-unavailable"
+                assert (await http.get("/check/closed", headers=caller)).status_code == 429
+        finally:
+            active.resume()

@@ -67,7 +67,8 @@ class LockgateApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.forwarder.applies(scope) and self._relayed(scope["path"]):
-            await self.forwarder(scope, receive, send)
+            local = self.gateway if self.gateway.decides(scope["path"]) else None
+            await self.forwarder(scope, receive, send, local)
         elif scope["type"] == "http" and self.gateway.handles(scope["path"]):
             await self.gateway(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith("/v1/"):

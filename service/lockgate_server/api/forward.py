@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from .. import limits
@@ -36,6 +37,15 @@ _HOP_BY_HOP = frozenset(
      b"host", b"content-length"}
 )  # fmt: skip
 _CLIENT_IP_HEADERS = (b"x-forwarded-for", b"x-real-ip")
+
+
+class LocalAnswer(Protocol):
+    """Routes that have an answer of their own when the active node gives none in time: the
+    gateway's decisions, whose domain's failure_mode decides, as when the store is away."""
+
+    def relay_timeout_s(self, scope: Scope, body: bytes) -> float: ...
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
 
 class Forwarder:
@@ -72,16 +82,16 @@ class Forwarder:
                 writer.close()
         return url
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, local: LocalAnswer | None = None) -> None:
         headers = scope["headers"]
         wants_msgpack = any(name == b"accept" and MSGPACK in value for name, value in headers)
+        body = b""
         try:
             body = await self._read_body(receive)
             url = await self.owner_url()
             if url is None:
                 raise Unavailable("this node is a standby and no live node owns the shards right now; retry")
-            # Long enough for the longest blocking acquire the owner holds open, then its commit.
-            timeout_s = (self._settings.max_wait_ms + self._settings.commit_timeout_ms) / 1000 + limits.FORWARD_SLACK_S
+            timeout_s = local.relay_timeout_s(scope, body) if local is not None else self._longest_answer_s()
             relay = asyncio.ensure_future(self._exchange(url, scope, body, timeout_s))
             left = asyncio.ensure_future(wait_disconnect(receive))
             try:
@@ -97,13 +107,20 @@ class Forwarder:
             status, answer_headers, answer = relay.result()
         except LockgateError as error:
             self._failed.inc()
-            await send_problem(send, problems.problem_for(error), wants_msgpack)
+            if local is not None and not isinstance(error, PayloadTooLarge):
+                await local(scope, _replayed(body, receive), send)
+            else:
+                await send_problem(send, problems.problem_for(error), wants_msgpack)
             return
         self._answered.inc()
         answer_headers.append((FORWARDED_BY, self._node_id().encode()))
         answer_headers.append((b"content-length", str(len(answer)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": answer_headers})
         await send({"type": "http.response.body", "body": answer})
+
+    def _longest_answer_s(self) -> float:
+        """The longest blocking acquire the owner holds open, then its commit."""
+        return (self._settings.max_wait_ms + self._settings.commit_timeout_ms) / 1000 + limits.FORWARD_SLACK_S
 
     def _node_id(self) -> str:
         engine = self._engine()
@@ -122,15 +139,16 @@ class Forwarder:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def relay(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
+    async def relay(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes, timeout_s: float
+    ) -> tuple[int, bytes]:
         """One request to the active node for a caller that is not HTTP (the gRPC service):
-        its status and body; LockgateError when it cannot be asked or did not answer."""
+        its status and body; LockgateError when it cannot be asked or did not answer in time."""
         scope = {"method": method, "path": path, "query_string": b"", "headers": headers}
         try:
             url = await self.owner_url()
             if url is None:
                 raise Unavailable("this node is a standby and no live node owns the shards right now; retry")
-            timeout_s = self._settings.commit_timeout_ms / 1000 + limits.FORWARD_SLACK_S
             status, _, answer = await self._exchange(url, scope, body, timeout_s)
         except LockgateError:
             self._failed.inc()
@@ -224,6 +242,16 @@ class Forwarder:
             for _, writer in connections:
                 writer.close()
         self._idle.clear()
+
+
+def _replayed(body: bytes, receive: Receive) -> Receive:
+    """`receive` for a handler that runs after the body was read: the body first, then the rest."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> dict[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:

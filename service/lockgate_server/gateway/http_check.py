@@ -91,7 +91,7 @@ class GatewayHttp:
                 presented = headers.get(_KEY_HEADER)
                 principal = self._keyring.authenticate(presented.decode("latin-1") if presented else None)
                 authorize(principal, limits.GATEWAY_NAMESPACE, "write")
-            domain_name, rest = _domain_and_rest(scope["path"], headers)
+            domain_name, rest = domain_and_rest(scope["path"], headers)
             domain = self._registry.get(domain_name)
             if domain is None:
                 self._metrics.unknown_domain()
@@ -142,7 +142,7 @@ class GatewayHttp:
         await send_json(send, JSON_OVER_LIMIT_STATUS if over_limit else 200, payload)
 
 
-def _domain_and_rest(path: str, headers: dict[bytes, bytes]) -> tuple[str, str]:
+def domain_and_rest(path: str, headers: dict[bytes, bytes]) -> tuple[str, str]:
     """/check/{domain}/rest -> (domain, "/rest"); /check alone takes the domain from X-Lockgate-Domain."""
     tail = path[len(CHECK_PATH) :].lstrip("/")
     if tail:

@@ -159,14 +159,18 @@ class RateLimitService:
         self, request: RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> RateLimitResponse:
         if self._relay is not None and self._relay.standing_by:
+            domain = self._registry.get(request.domain)
+            timeout_ms = domain.policy.failure_timeout_ms if domain else limits.GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS
             try:  # the active node authenticates and decides
-                return await self._relay.should_rate_limit(request, context.invocation_metadata() or ())
+                metadata = context.invocation_metadata() or ()
+                return await self._relay.should_rate_limit(
+                    request, metadata, (timeout_ms + limits.GATEWAY_RELAY_SLACK_MS) / 1000
+                )
             except RelayRefused as refused:
                 await context.abort(refused.code, refused.detail)
                 raise
-            except LockgateError as error:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, error.detail)
-                raise
+            except LockgateError:
+                pass  # no answer in time: decided here, where the engine (a standby) fails and failure_mode applies
         try:
             if not self._keyring.open:
                 self._authorize(context)

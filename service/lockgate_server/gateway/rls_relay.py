@@ -40,12 +40,14 @@ class RlsRelay:
         return self._forwarder.standing_by
 
     async def should_rate_limit(
-        self, request: RateLimitRequest, metadata: Sequence[tuple[str, str | bytes]]
+        self, request: RateLimitRequest, metadata: Sequence[tuple[str, str | bytes]], timeout_s: float
     ) -> RateLimitResponse:
+        """The active node's answer; RelayRefused if it refused the call, LockgateError if it
+        gave no answer within `timeout_s`."""
         headers = [(b"content-type", b"application/json")]
         headers += [(key.encode(), _text(value).encode()) for key, value in metadata if key in _CREDENTIALS]
         body = json_format.MessageToJson(request, indent=None).encode()
-        status, answer = await self._forwarder.relay("POST", JSON_PATH, headers, body)
+        status, answer = await self._forwarder.relay("POST", JSON_PATH, headers, body, timeout_s)
         if status in (200, JSON_OVER_LIMIT_STATUS):
             response = RateLimitResponse()
             try:

@@ -7,16 +7,19 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
+import msgspec
+
 from .. import limits
 from ..api.auth import KeyRing
 from ..api.forward import Forwarder
 from ..api.metrics import Metrics
 from ..engine.node import Engine
+from ..errors import LockgateError
 from ..settings import Settings
 from .admin import ADMIN_PATH, PolicyAdmin
 from .asgi import Receive, Scope, Send
 from .decision import Decider
-from .http_check import CHECK_PATH, JSON_PATH, GatewayHttp
+from .http_check import CHECK_PATH, JSON_PATH, GatewayHttp, domain_and_rest
 from .loader import load_policy_files
 from .registry import PolicyRegistry
 from .rls import RateLimitService, start_server
@@ -45,6 +48,18 @@ class Gateway:
         self.admin = PolicyAdmin(settings, keyring, self.registry, self.decider)
         relay = RlsRelay(forwarder) if forwarder is not None else None
         self.rls = RateLimitService(self.registry, self.decider, keyring, gateway_metrics, relay)
+
+    @staticmethod
+    def decides(path: str) -> bool:
+        """A rate-limit decision (not the admin API): what a standby can answer by failure_mode."""
+        return path in (JSON_PATH, CHECK_PATH) or path.startswith(CHECK_PATH + "/")
+
+    def relay_timeout_s(self, scope: Scope, body: bytes) -> float:
+        """How long a standby waits for the active node's decision: the domain's failure timeout
+        (as the active node waits for the store) and the hop."""
+        domain = self.registry.get(_domain_of(scope, body))
+        timeout_ms = domain.policy.failure_timeout_ms if domain else limits.GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS
+        return (timeout_ms + limits.GATEWAY_RELAY_SLACK_MS) / 1000
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -78,3 +93,20 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await self.registry.stop()
+
+
+class _Named(msgspec.Struct):
+    domain: str = ""
+
+
+def _domain_of(scope: Scope, body: bytes) -> str:
+    """The domain a /check or /json request names ("" if it names none, or not readably)."""
+    if scope["path"] == JSON_PATH:
+        try:
+            return msgspec.json.decode(body or b"{}", type=_Named).domain
+        except msgspec.MsgspecError:
+            return ""
+    try:
+        return domain_and_rest(scope["path"], dict(scope["headers"]))[0]
+    except LockgateError:
+        return ""
