@@ -111,13 +111,10 @@ class AsyncNodes:
     async def request(self, method: str, path: str, body: bytes, timeout: float) -> Response:
         index = self._nodes.current
         try:
-            response = await self._transports[index].request(method, path, body, timeout)
+            return self._nodes.answered(await self._transports[index].request(method, path, body, timeout))
         except errors.TransportError:
             self._nodes.move_on(index)
             raise
-        if response.relayed:
-            self._nodes.move_on(index)
-        return response
 
     def failed(self, node: int) -> None:
         """`node` answered 503 (the whole request or one op of a batch): try the next one."""

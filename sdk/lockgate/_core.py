@@ -149,6 +149,12 @@ class Nodes:
         if index == self.current:  # concurrent failures of one node move on once
             self.current = (index + 1) % self.count
 
+    def answered(self, response: Response) -> Response:
+        """Use the answer; if a standby relayed it, the next call tries the next node."""
+        if response.relayed:
+            self.move_on(response.node)
+        return response
+
 
 # --- calls ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -86,13 +86,10 @@ class SyncNodes:
     def request(self, method: str, path: str, body: bytes, read_timeout: float) -> Response:
         index = self._nodes.current
         try:
-            response = self._transports[index].request(method, path, body, read_timeout)
+            return self._nodes.answered(self._transports[index].request(method, path, body, read_timeout))
         except errors.TransportError:
             self._nodes.move_on(index)
             raise
-        if response.relayed:
-            self._nodes.move_on(index)
-        return response
 
     def failed(self, node: int) -> None:
         """`node` answered 503 (the whole request or one op of a batch): try the next one."""
