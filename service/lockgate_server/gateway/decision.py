@@ -67,6 +67,13 @@ class _Plan:
     blocked: bool = False  # an enforced limit of 0 requests matched: denied whatever the store says
 
 
+def relay_timeout_s(domain: CompiledDomain | None) -> float:
+    """How long a standby waits for the active node's decision: as long as the active node
+    waits for the store (the domain's failure timeout), and the hop."""
+    timeout_ms = domain.policy.failure_timeout_ms if domain else limits.GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS
+    return (timeout_ms + limits.GATEWAY_RELAY_SLACK_MS) / 1000
+
+
 class Decider:
     def __init__(self, engine: Callable[[], Engine], metrics: GatewayMetrics) -> None:
         self._engine = engine

@@ -24,7 +24,7 @@ from google.protobuf.duration_pb2 import Duration
 from .. import limits
 from ..api.auth import KeyRing, authorize
 from ..errors import Forbidden, InvalidRequest, LockgateError, Unauthorized
-from .decision import UNLIMITED_REMAINING, Decider, DescriptorStatus, RequestDescriptor, Verdict
+from .decision import UNLIMITED_REMAINING, Decider, DescriptorStatus, RequestDescriptor, Verdict, relay_timeout_s
 from .headers import rate_limit_headers
 from .proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from .proto.envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
@@ -132,7 +132,7 @@ def _add_status(response: RateLimitResponse, status: DescriptorStatus) -> None:
 
 
 class RelayRefused(Exception):
-    """A standby's relay of a call: the active node refused it, or could not be asked."""
+    """A standby relayed a call and the active node refused it: the gRPC status to answer."""
 
     def __init__(self, code: grpc.StatusCode, detail: str) -> None:
         super().__init__(detail)
@@ -159,13 +159,10 @@ class RateLimitService:
         self, request: RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> RateLimitResponse:
         if self._relay is not None and self._relay.standing_by:
-            domain = self._registry.get(request.domain)
-            timeout_ms = domain.policy.failure_timeout_ms if domain else limits.GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS
+            timeout_s = relay_timeout_s(self._registry.get(request.domain))
             try:  # the active node authenticates and decides
                 metadata = context.invocation_metadata() or ()
-                return await self._relay.should_rate_limit(
-                    request, metadata, (timeout_ms + limits.GATEWAY_RELAY_SLACK_MS) / 1000
-                )
+                return await self._relay.should_rate_limit(request, metadata, timeout_s)
             except RelayRefused as refused:
                 await context.abort(refused.code, refused.detail)
                 raise

@@ -18,7 +18,7 @@ from ..errors import LockgateError
 from ..settings import Settings
 from .admin import ADMIN_PATH, PolicyAdmin
 from .asgi import Receive, Scope, Send
-from .decision import Decider
+from .decision import Decider, relay_timeout_s
 from .http_check import CHECK_PATH, JSON_PATH, GatewayHttp, domain_and_rest
 from .loader import load_policy_files
 from .registry import PolicyRegistry
@@ -55,11 +55,8 @@ class Gateway:
         return path in (JSON_PATH, CHECK_PATH) or path.startswith(CHECK_PATH + "/")
 
     def relay_timeout_s(self, scope: Scope, body: bytes) -> float:
-        """How long a standby waits for the active node's decision: the domain's failure timeout
-        (as the active node waits for the store) and the hop."""
-        domain = self.registry.get(_domain_of(scope, body))
-        timeout_ms = domain.policy.failure_timeout_ms if domain else limits.GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS
-        return (timeout_ms + limits.GATEWAY_RELAY_SLACK_MS) / 1000
+        """How long a standby waits for the active node's decision on this request."""
+        return relay_timeout_s(self.registry.get(_domain_of(scope, body)))
 
     @staticmethod
     def handles(path: str) -> bool:
