@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from .. import limits
 from ..engine.node import Engine
-from ..errors import LockgateError, OutcomeUnknown, PayloadTooLarge, Unavailable
+from ..errors import LockgateError, OutcomeUnknown, RequestError, Unavailable
+from ..gateway.asgi import read_body
 from ..settings import Settings
 from . import problems
 from .dispatch import MSGPACK, Receive, Scope, Send, send_problem, wait_disconnect
@@ -82,15 +83,19 @@ class Forwarder:
                 writer.close()
         return url
 
+    async def _active_url(self) -> str:
+        url = await self.owner_url()
+        if url is None:
+            raise Unavailable("this node is a standby and no live node owns the shards right now; retry")
+        return url
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send, local: LocalAnswer | None = None) -> None:
         headers = scope["headers"]
         wants_msgpack = any(name == b"accept" and MSGPACK in value for name, value in headers)
         body = b""
         try:
-            body = await self._read_body(receive)
-            url = await self.owner_url()
-            if url is None:
-                raise Unavailable("this node is a standby and no live node owns the shards right now; retry")
+            body = await read_body(receive, dict(headers), self._settings.max_body_bytes)
+            url = await self._active_url()
             timeout_s = local.relay_timeout_s(scope, body) if local is not None else self._longest_answer_s()
             relay = asyncio.ensure_future(self._exchange(url, scope, body, timeout_s))
             left = asyncio.ensure_future(wait_disconnect(receive))
@@ -107,7 +112,7 @@ class Forwarder:
             status, answer_headers, answer = relay.result()
         except LockgateError as error:
             self._failed.inc()
-            if local is not None and not isinstance(error, PayloadTooLarge):
+            if local is not None and not isinstance(error, RequestError):
                 await local(scope, _replayed(body, receive), send)
             else:
                 await send_problem(send, problems.problem_for(error), wants_msgpack)
@@ -126,19 +131,6 @@ class Forwarder:
         engine = self._engine()
         return engine.node_id if engine is not None else ""
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._settings.max_body_bytes:
-                raise PayloadTooLarge(f"the body may have at most {self._settings.max_body_bytes} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
     async def relay(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes, timeout_s: float
     ) -> tuple[int, bytes]:
@@ -146,10 +138,7 @@ class Forwarder:
         its status and body; LockgateError when it cannot be asked or did not answer in time."""
         scope = {"method": method, "path": path, "query_string": b"", "headers": headers}
         try:
-            url = await self.owner_url()
-            if url is None:
-                raise Unavailable("this node is a standby and no live node owns the shards right now; retry")
-            status, _, answer = await self._exchange(url, scope, body, timeout_s)
+            status, _, answer = await self._exchange(await self._active_url(), scope, body, timeout_s)
         except LockgateError:
             self._failed.inc()
             raise
