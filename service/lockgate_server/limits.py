@@ -117,3 +117,8 @@ GRPC_MESSAGE_BYTES_MAX: Final = 1_048_576
 """Largest gRPC request a node accepts."""
 GRPC_STOP_GRACE_S: Final = 2.0
 """In-flight RPCs get this long to finish when the node stops."""
+GRPC_STREAMS_PER_CONNECTION_MAX: Final = 1_000
+"""Calls in flight on one gRPC connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused
+with REFUSED_STREAM, which a client retries. Envoy sends all its calls over a few connections."""
+GRPC_HEADER_LIST_BYTES_MAX: Final = 16_384
+"""Largest header list of a gRPC call (SETTINGS_MAX_HEADER_LIST_SIZE); larger gets HTTP 431."""

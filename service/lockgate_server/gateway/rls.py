@@ -7,8 +7,8 @@ descriptor in request order. When the store cannot decide in time and the domain
 failure_mode is deny, the call fails with UNAVAILABLE, so Envoy's own failure_mode_deny
 applies; with failure_mode allow the answer is OK.
 
-The service is registered through a generic handler (typed, no generated servicer class);
-clients, our tests included, use the generated stub in proto/.../rls_pb2_grpc.py.
+The service runs on our own gRPC server (grpc_server.py, which says why); clients, our tests
+included, use grpcio and the generated stub in proto/.../rls_pb2_grpc.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from .. import limits
 from ..api.auth import KeyRing, authorize
 from ..errors import Forbidden, InvalidRequest, LockgateError, Unauthorized
+from .asgi import presented_key
 from .decision import UNLIMITED_REMAINING, Decider, DescriptorStatus, RequestDescriptor, Verdict, relay_timeout_s
+from .grpc_server import Abort, GrpcServer, Metadata, StatusCode, UnaryMethod
 from .headers import rate_limit_headers
+from .http2 import ConnectionLimits
 from .proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from .proto.envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
 from .registry import PolicyRegistry
@@ -131,15 +133,6 @@ def _add_status(response: RateLimitResponse, status: DescriptorStatus) -> None:
     )
 
 
-class RelayRefused(Exception):
-    """A standby relayed a call and the active node refused it: the gRPC status to answer."""
-
-    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
 class RateLimitService:
     def __init__(
         self,
@@ -155,80 +148,61 @@ class RateLimitService:
         self._metrics = metrics
         self._relay = relay
 
-    async def should_rate_limit(
-        self, request: RateLimitRequest, context: grpc.aio.ServicerContext
-    ) -> RateLimitResponse:
+    async def should_rate_limit(self, request: RateLimitRequest, metadata: Metadata) -> RateLimitResponse:
+        """Raises Abort with the gRPC status of a refusal."""
         if self._relay is not None and self._relay.standing_by:
             timeout_s = relay_timeout_s(self._registry.get(request.domain))
-            try:  # the active node authenticates and decides
-                metadata = context.invocation_metadata() or ()
+            try:  # the active node authenticates and decides; its refusals come back as Abort
                 return await self._relay.should_rate_limit(request, metadata, timeout_s)
-            except RelayRefused as refused:
-                await context.abort(refused.code, refused.detail)
-                raise
             except LockgateError:
                 pass  # no answer in time: decided here, where the engine (a standby) fails and failure_mode applies
         try:
             if not self._keyring.open:
-                self._authorize(context)
+                authorize(self._keyring.authenticate(presented_key(metadata)), limits.GATEWAY_NAMESPACE, "write")
             domain_name, descriptors, hits_addend = request_from_proto(request)
             domain = self._registry.get(domain_name)
             if domain is None:
                 self._metrics.unknown_domain()
                 return unknown_domain_response(len(descriptors))
             verdict = await self._decider.decide(domain, descriptors, hits_addend=hits_addend)
-        except Unauthorized as error:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.detail)
-            raise
-        except Forbidden as error:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, error.detail)
-            raise
-        except InvalidRequest as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.detail)
-            raise
         except LockgateError as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, error.detail)
-            raise
+            raise Abort(_status_of(error), error.detail) from error
         if verdict.failure is not None and not verdict.allowed:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the store could not decide in time ({verdict.failure}); failure_mode deny",
+            raise Abort(
+                StatusCode.UNAVAILABLE, f"the store could not decide in time ({verdict.failure}); failure_mode deny"
             )
         return response_from_verdict(verdict)
 
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        presented = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and value[:7].lower() == "bearer ":
-                presented = value[7:].strip()
-            elif key == "x-api-key" and presented is None:
-                presented = value
-        authorize(self._keyring.authenticate(presented), limits.GATEWAY_NAMESPACE, "write")
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                METHOD_NAME: grpc.unary_unary_rpc_method_handler(
-                    self.should_rate_limit,
-                    request_deserializer=RateLimitRequest.FromString,
-                    response_serializer=RateLimitResponse.SerializeToString,
-                )
-            },
-        )
+    def methods(self) -> dict[str, UnaryMethod]:
+        return {
+            f"/{SERVICE_NAME}/{METHOD_NAME}": UnaryMethod(
+                decode=RateLimitRequest.FromString,
+                encode=RateLimitResponse.SerializeToString,
+                handler=self.should_rate_limit,
+            )
+        }
 
 
-async def start_server(service: RateLimitService, *, host: str, port: int) -> grpc.aio.Server:
+def _status_of(error: LockgateError) -> StatusCode:
+    if isinstance(error, Unauthorized):
+        return StatusCode.UNAUTHENTICATED
+    if isinstance(error, Forbidden):
+        return StatusCode.PERMISSION_DENIED
+    if isinstance(error, InvalidRequest):
+        return StatusCode.INVALID_ARGUMENT
+    return StatusCode.UNAVAILABLE  # the store or the engine: Envoy's failure_mode_deny applies
+
+
+async def start_server(service: RateLimitService, *, host: str, port: int) -> GrpcServer:
     """The gRPC server on the running event loop (the engine's): every call is applied inline there."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-            ("grpc.so_reuseport", 0),
-        ]
+    server = GrpcServer(
+        service.methods(),
+        ConnectionLimits(
+            streams_max=limits.GRPC_STREAMS_PER_CONNECTION_MAX,
+            header_list_bytes_max=limits.GRPC_HEADER_LIST_BYTES_MAX,
+            body_bytes_max=limits.GRPC_MESSAGE_BYTES_MAX + 5,
+        ),
     )
-    server.add_generic_rpc_handlers((service.handler(),))
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    server.add_insecure_port(address)
-    await server.start()
-    log.info("Envoy rate limit service (gRPC) on %s", address)
+    await server.start(host, port)
+    log.info("Envoy rate limit service (gRPC) on %s:%d", host, port)
     return server

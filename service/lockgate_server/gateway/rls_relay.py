@@ -9,25 +9,23 @@ two-pod deployment would fail UNAVAILABLE.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Final
 
-import grpc
 import msgspec
 from google.protobuf import json_format
 
 from ..api.forward import Forwarder
+from .grpc_server import Abort, Metadata, StatusCode
 from .http_check import JSON_OVER_LIMIT_STATUS, JSON_PATH
 from .proto.envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
-from .rls import RelayRefused
 
-_CREDENTIALS: Final = ("authorization", "x-api-key")
+_CREDENTIALS: Final = (b"authorization", b"x-api-key")
 _CODE_BY_STATUS: Final = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
+    400: StatusCode.INVALID_ARGUMENT,
+    401: StatusCode.UNAUTHENTICATED,
+    403: StatusCode.PERMISSION_DENIED,
+    413: StatusCode.INVALID_ARGUMENT,
+    422: StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -40,12 +38,12 @@ class RlsRelay:
         return self._forwarder.standing_by
 
     async def should_rate_limit(
-        self, request: RateLimitRequest, metadata: Sequence[tuple[str, str | bytes]], timeout_s: float
+        self, request: RateLimitRequest, metadata: Metadata, timeout_s: float
     ) -> RateLimitResponse:
-        """The active node's answer; RelayRefused if it refused the call, LockgateError if it
-        gave no answer within `timeout_s`."""
+        """The active node's answer; Abort if it refused the call, LockgateError if it gave no
+        answer within `timeout_s`."""
         headers = [(b"content-type", b"application/json")]
-        headers += [(key.encode(), _text(value).encode()) for key, value in metadata if key in _CREDENTIALS]
+        headers += [(name, metadata[name]) for name in _CREDENTIALS if name in metadata]
         body = json_format.MessageToJson(request, indent=None).encode()
         status, answer = await self._forwarder.relay("POST", JSON_PATH, headers, body, timeout_s)
         if status in (200, JSON_OVER_LIMIT_STATUS):
@@ -53,14 +51,10 @@ class RlsRelay:
             try:
                 json_format.Parse(answer, response)
             except json_format.ParseError as error:
-                raise RelayRefused(grpc.StatusCode.UNAVAILABLE, f"the active node's answer: {error}") from error
+                raise Abort(StatusCode.UNAVAILABLE, f"the active node's answer: {error}") from error
             return response
         detail = _problem_detail(answer) or f"the active node answered HTTP {status}"
-        raise RelayRefused(_CODE_BY_STATUS.get(status, grpc.StatusCode.UNAVAILABLE), detail)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+        raise Abort(_CODE_BY_STATUS.get(status, StatusCode.UNAVAILABLE), detail)
 
 
 def _problem_detail(answer: bytes) -> str | None:
