@@ -27,7 +27,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from lockgate_server.gateway.grpc_server import Abort, GrpcServer, Metadata, StatusCode, UnaryMethod
+from lockgate_server.gateway.grpc_server import Abort, GrpcServer, Metadata, StatusCode, UnaryMethod, grpc_timeout_s
 from lockgate_server.gateway.http2 import ConnectionLimits, ErrorCode
 from lockgate_server.gateway.proto.envoy.config.core.v3.base_pb2 import HeaderValue
 from lockgate_server.gateway.proto.envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest, RateLimitResponse
@@ -381,3 +381,42 @@ async def test_stop_answers_calls_in_flight_then_closes() -> None:
     await asyncio.wait_for(stopping, 5)
     await client.wait_closed()
     client.close()
+
+
+async def test_a_repeated_header_block_is_decoded_against_the_current_table(serve: StartServer) -> None:
+    """Blocks of indexed fields only are kept decoded; one that changes the table must drop them."""
+    client = await FrameClient.open(await serve())
+    reference = hpack.Decoder()  # what any HPACK decoder makes of the same blocks, in order
+    blocks = [client.header_block(("x-test", "one")), client.header_block(("x-test", "one"))]
+    assert min(blocks[1]) >= 0x80, "the encoder should repeat the headers as table indexes only"
+    blocks.append(client.header_block(("x-test", "two")))  # a literal: the table shifts
+    blocks.append(blocks[1])  # the same bytes now point at other entries
+    for number, block in enumerate(blocks):
+        stream_id = 2 * number + 1
+        client.send(
+            HeadersFrame(stream_id, block, flags=["END_HEADERS"]),
+            DataFrame(stream_id, grpc_message(RateLimitRequest(domain="x")), flags=["END_STREAM"]),
+        )
+        expected = dict(reference.decode(block))
+        _, data, trailers = await client.answer(stream_id)
+        if expected.get(":path") == PATH:
+            assert trailers == {"grpc-status": "0"}
+            answer = {h.key: h.value for h in decoded(data).response_headers_to_add}
+            assert answer["x-test"] == expected["x-test"]
+        else:
+            assert trailers["grpc-status"] == str(StatusCode.UNIMPLEMENTED.value)
+    assert dict(reference.decode(blocks[3])).get(":path") != PATH, "the last block should no longer name PATH"
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(b"5S", 5.0), (b"100m", 0.1), (b"2H", 7200.0), (b"1M", 60.0), (b"250u", 250e-6), (b"99999999n", 0.099999999)],
+)
+def test_grpc_timeout_values(value: bytes, seconds: float) -> None:
+    assert grpc_timeout_s(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [b"", b"S", b"5", b"5s", b"123456789S", b"-1S", b"1.5S"])
+def test_malformed_grpc_timeouts(value: bytes) -> None:
+    assert grpc_timeout_s(value) is None

@@ -96,12 +96,15 @@ class GrpcConnection(Http2ServerConnection):
 
     def request_received(self, stream: Stream) -> None:
         metadata = dict(stream.headers)
+        timeout = metadata.get(b"grpc-timeout")
+        timeout_s = None if timeout is None else grpc_timeout_s(timeout)
         refusal = self._refusal(stream, metadata)
+        if refusal is None and timeout is not None and timeout_s is None:
+            refusal = StatusCode.INTERNAL, "a malformed grpc-timeout"
         if refusal is not None:
             self._answer_status(stream, *refusal)
             return
         method = self._methods[metadata[b":path"]]
-        timeout_s = grpc_timeout_s(metadata[b"grpc-timeout"]) if b"grpc-timeout" in metadata else None
         stream.task = asyncio.get_running_loop().create_task(self._call(stream, method, metadata, timeout_s))
 
     def _refusal(self, stream: Stream, metadata: Metadata) -> tuple[StatusCode, str] | None:
@@ -119,8 +122,6 @@ class GrpcConnection(Http2ServerConnection):
             return StatusCode.INTERNAL, "a unary call carries exactly one length-prefixed message"
         if body[0] != 0:
             return StatusCode.UNIMPLEMENTED, "compressed messages are not accepted (grpc-accept-encoding: identity)"
-        if b"grpc-timeout" in metadata and grpc_timeout_s(metadata[b"grpc-timeout"]) is None:
-            return StatusCode.INTERNAL, "a malformed grpc-timeout"
         return None
 
     async def _call(self, stream: Stream, method: UnaryMethod, metadata: Metadata, timeout_s: float | None) -> None:

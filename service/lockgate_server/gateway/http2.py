@@ -50,6 +50,8 @@ LARGEST_FRAME_SIZE: Final = 16_777_215
 WINDOW_MAX: Final = 2**31 - 1
 CONNECTION_WINDOW: Final = 1 << 20
 """Our receive window for the whole connection; streams keep the default and are replenished."""
+DECODED_BLOCKS_CACHED: Final = 32
+"""Header blocks of indexed fields only, kept decoded per connection (see _decode)."""
 
 
 class ErrorCode(IntEnum):
@@ -138,6 +140,7 @@ class Http2ServerConnection(asyncio.Protocol):
         self._preface_seen = False
         self._settings_seen = False
         self._decoder = hpack.Decoder(max_header_list_size=limits.header_list_bytes_max)
+        self._decoded_blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._last_stream_id = 0
         self._continuing: tuple[int, int, bytearray] | None = None  # stream id, flags, block so far
         self._receive_unacknowledged = 0
@@ -333,7 +336,7 @@ class Http2ServerConnection(asyncio.Protocol):
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         # Decoded even for a stream we refuse: the HPACK table is the connection's.
         try:
-            headers = self._decoder.decode(block, raw=True)
+            headers = self._decode(block)
         except hpack.OversizedHeaderListError:
             headers = None
         stream = self.streams.get(stream_id)
@@ -355,11 +358,27 @@ class Http2ServerConnection(asyncio.Protocol):
         if self.going_away or len(self.streams) >= self.limits.streams_max:
             self._send(frame(RST_STREAM, 0, stream_id, ErrorCode.REFUSED_STREAM.to_bytes(4, "big")))
             return
-        stream = Stream(stream_id, headers, self._peer_initial_window)  # type: ignore[arg-type]
+        stream = Stream(stream_id, headers, self._peer_initial_window)
         self.streams[stream_id] = stream
         if flags & END_STREAM:
             stream.received = True
             self.request_received(stream)
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """A client repeats its calls' headers as the same few table indexes (grpc-core and Envoy
+        both do), and hpack's pure-Python decoder was a fifth of a call's CPU. A block made only
+        of one-byte indexed fields (every byte >= 0x80) leaves the dynamic table as it is, so its
+        decoding stays right until a block with literals changes the table: then all are dropped."""
+        cached = self._decoded_blocks.get(block)
+        if cached is not None:
+            return cached
+        headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
+        if block and min(block) >= 0x80:
+            if len(self._decoded_blocks) < DECODED_BLOCKS_CACHED:
+                self._decoded_blocks[block] = headers
+        else:
+            self._decoded_blocks.clear()
+        return headers
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
@@ -443,6 +462,8 @@ class Http2ServerConnection(asyncio.Protocol):
         self._finish(stream)
 
     def _release_blocked(self) -> None:
+        if not self._blocked:
+            return  # the usual case: grpc-core sends WINDOW_UPDATEs with every answer it reads
         for stream in list(self._blocked.values()):
             if self._send_window <= 0:
                 return
