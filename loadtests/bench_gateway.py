@@ -10,6 +10,8 @@ One Valkey (appendfsync always, 127.0.0.1) serves all three, one after another:
   grpc            envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit on the same
                   server, from a lean grpcio asyncio driver (stub generated from our .proto),
                   same keys and distribution
+  grpc transport  the same driver against a server that only answers: grpcio's asyncio server
+  alone           and ours (loadtests/grpc_transport.py), and the CPU each spends per call
 
 Every side applies the same limit: 1000 per minute per key in fixed windows, so the hot keys
 of the Zipf draw are denied part of the time on every side (a denial counts as a check done).
@@ -53,6 +55,7 @@ from .common import (
     percentile,
     run_closed_loop,
 )
+from .grpc_transport import TRANSPORTS, ProcessUsage, start_fixed_answer
 
 CONNECTIONS = 64
 """wrk connections and limits callers."""
@@ -314,11 +317,9 @@ def grpc_driver(
     return asyncio.run(main())
 
 
-async def measure_grpc(server: Server, admin: Any, args: argparse.Namespace) -> dict[str, Any]:
-    target = f"127.0.0.1:{server.grpc_port}"
+async def measure_grpc(target: str, usage: Usage | ProcessUsage, args: argparse.Namespace) -> dict[str, Any]:
     start_at = time.time() + 3.0  # the driver processes need a moment to start
     context = multiprocessing.get_context("spawn")  # grpc must not be forked
-    usage = Usage(server, admin)
 
     async def window() -> None:
         await asyncio.sleep(max(0.0, start_at + args.warmup - time.time()))
@@ -376,13 +377,35 @@ async def run_all(folder: Path, valkey: EmbeddedValkey, args: argparse.Namespace
             check = await measure_check_endpoint(server, admin, args)
             print(f"  check_endpoint {check['ops_per_s']:>10,.0f} checks/s", flush=True)
             print("  grpc ...", flush=True)
-            grpc_run = await measure_grpc(server, admin, args)
+            grpc_run = await measure_grpc(f"127.0.0.1:{server.grpc_port}", Usage(server, admin), args)
             print(f"  grpc           {grpc_run['ops_per_s']:>10,.0f} calls/s", flush=True)
         finally:
             server.stop()
     finally:
         await admin.aclose()
-    return {"store": store, "limits_checks": limits_run.summary(), "check_endpoint": check, "grpc": grpc_run}
+    transport = {name: await measure_transport(name, args) for name in TRANSPORTS}
+    return {
+        "store": store,
+        "limits_checks": limits_run.summary(),
+        "check_endpoint": check,
+        "grpc": grpc_run,
+        "grpc_transport": transport,
+    }
+
+
+async def measure_transport(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    print(f"  grpc transport alone: {name} ...", flush=True)
+    port = free_port()
+    process = start_fixed_answer(name, port)
+    try:
+        assert process.pid is not None
+        row = await measure_grpc(f"127.0.0.1:{port}", ProcessUsage(process.pid), args)
+    finally:
+        process.kill()
+    cpu_s = row.pop("server_cpu_s")
+    row["server_cpu_us_per_call"] = round(1e6 * cpu_s / row["ops"], 1) if row["ops"] else None
+    print(f"  {name + ' alone':<15}{row['ops_per_s']:>10,.0f} calls/s", flush=True)
+    return row
 
 
 def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -418,7 +441,11 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "check_endpoint": figures["check_endpoint"],
             "grpc": grpc_run,
         },
-        "ratios": {"check_endpoint_over_limits": check_ratio},
+        "grpc_transport_alone": figures["grpc_transport"],
+        "ratios": {
+            "check_endpoint_over_limits": check_ratio,
+            "grpc_transport_cpu_grpcio_over_lockgate": _cpu_ratio(figures["grpc_transport"]),
+        },
         "targets": {
             "check_ratio_min": TARGET_CHECK_RATIO,
             "check_ratio_met": check_ratio >= TARGET_CHECK_RATIO,
@@ -431,6 +458,11 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "runs in this process without HTTP. A denial (429 / OVER_LIMIT) is a completed check on every side."
         ),
     }
+
+
+def _cpu_ratio(transport: dict[str, dict[str, Any]]) -> float | None:
+    ours, theirs = (transport[name].get("server_cpu_us_per_call") for name in ("lockgate", "grpcio"))
+    return round(theirs / ours, 2) if ours and theirs else None
 
 
 def print_table(document: dict[str, Any]) -> None:
@@ -450,6 +482,9 @@ def print_table(document: dict[str, Any]) -> None:
     grpc_row = work["grpc"]
     print(f"{'grpc':<18}{grpc_row['ops_per_s']:>12,.0f}{grpc_row['p50_ms']:>10.3f}{grpc_row['p99_ms']:>10.3f}"
           f"{grpc_row['over_limit']:>10,}")  # fmt: skip
+    for name, row in document["grpc_transport_alone"].items():
+        print(f"{name + ' alone':<18}{row['ops_per_s']:>12,.0f}{row['p50_ms']:>10.3f}{row['p99_ms']:>10.3f}"
+              f"{'':>10}  server {row['server_cpu_us_per_call']} us CPU per call")  # fmt: skip
     targets = document["targets"]
     print()
     print(
