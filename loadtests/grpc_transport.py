@@ -60,6 +60,7 @@ def serve_fixed_answer(transport: str, port: int, ready: Event) -> None:
                 header_list_bytes_max=limits.GRPC_HEADER_LIST_BYTES_MAX,
                 body_bytes_max=limits.GRPC_MESSAGE_BYTES_MAX + 5,
             ),
+            connections_max=limits.GRPC_CONNECTIONS_MAX,
         )
         await server.start("127.0.0.1", port)
         ready.set()

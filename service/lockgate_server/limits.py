@@ -117,6 +117,9 @@ GRPC_MESSAGE_BYTES_MAX: Final = 1_048_576
 """Largest gRPC request a node accepts."""
 GRPC_STOP_GRACE_S: Final = 2.0
 """In-flight RPCs get this long to finish when the node stops."""
+GRPC_CONNECTIONS_MAX: Final = 1_024
+"""Open gRPC connections; one more is sent GOAWAY (ENHANCE_YOUR_CALM) and closed. Envoy keeps
+about one connection per worker thread to each rate limit service host."""
 GRPC_STREAMS_PER_CONNECTION_MAX: Final = 1_000
 """Calls in flight on one gRPC connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused
 with REFUSED_STREAM, which a client retries. Envoy sends all its calls over a few connections."""

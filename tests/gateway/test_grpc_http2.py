@@ -9,6 +9,7 @@ service on this server is tested through grpcio in test_grpc.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -86,7 +87,8 @@ class FrameClient:
             frame, length = Frame.parse_frame_header(memoryview(header))
             frame.parse_body(memoryview(await self.reader.readexactly(length)))
         if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
-            self.send(SettingsFrame(0, flags=["ACK"]))
+            with contextlib.suppress(ConnectionError):  # a server that refuses us may be gone already
+                self.send(SettingsFrame(0, flags=["ACK"]))
         return frame
 
     async def answer(self, stream_id: int) -> tuple[dict[str, str], bytes, dict[str, str]]:
@@ -129,11 +131,11 @@ class FrameClient:
 StartServer = Callable[..., Awaitable[int]]
 
 
-async def start_server(handler: Handler, **limits: int) -> tuple[GrpcServer, int]:
+async def start_server(handler: Handler, *, connections_max: int = 10, **limits: int) -> tuple[GrpcServer, int]:
     """A GrpcServer answering PATH with `handler`, and its port."""
     settings = {"streams_max": 100, "header_list_bytes_max": 16_384, "body_bytes_max": 1 << 20} | limits
     method = UnaryMethod(RateLimitRequest.FromString, RateLimitResponse.SerializeToString, handler)
-    server = GrpcServer({PATH: method}, ConnectionLimits(**settings))
+    server = GrpcServer({PATH: method}, ConnectionLimits(**settings), connections_max=connections_max)
     port = free_port()
     await server.start("127.0.0.1", port)
     return server, port
@@ -407,6 +409,27 @@ async def test_a_repeated_header_block_is_decoded_against_the_current_table(serv
             assert trailers["grpc-status"] == str(StatusCode.UNIMPLEMENTED.value)
     assert dict(reference.decode(blocks[3])).get(":path") != PATH, "the last block should no longer name PATH"
     client.close()
+
+
+async def test_a_connection_over_the_limit_gets_goaway_and_the_others_serve_on(serve: StartServer) -> None:
+    port = await serve(connections_max=2)
+    served = [await FrameClient.open(port) for _ in range(2)]
+    for client in served:  # both are open on the server before the third comes
+        client.send(PingFrame(0, b"opened.."))
+        while not isinstance(await client.frame(), PingFrame):
+            pass
+    refused = await FrameClient.open(port)
+    assert (await refused.goaway()).error_code == ErrorCode.ENHANCE_YOUR_CALM
+    await refused.wait_closed()
+    served[0].call(1, RateLimitRequest(domain="deny"))
+    assert decoded((await served[0].answer(1))[1]).overall_code == RateLimitResponse.OVER_LIMIT
+    served[1].close()
+    await asyncio.sleep(0.2)  # the server sees the close; its place is free again
+    again = await FrameClient.open(port)
+    again.call(1, RateLimitRequest(domain="x"))
+    assert (await again.answer(1))[2] == {"grpc-status": "0"}
+    for client in (served[0], refused, again):
+        client.close()
 
 
 @pytest.mark.parametrize(

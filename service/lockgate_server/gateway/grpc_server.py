@@ -90,8 +90,10 @@ def status_block(code: StatusCode, detail: str, *, with_answer_headers: bool) ->
 
 
 class GrpcConnection(Http2ServerConnection):
-    def __init__(self, methods: Mapping[bytes, UnaryMethod], limits: ConnectionLimits) -> None:
-        super().__init__(limits)
+    def __init__(
+        self, methods: Mapping[bytes, UnaryMethod], limits: ConnectionLimits, *, refusal: str | None = None
+    ) -> None:
+        super().__init__(limits, refusal=refusal)
         self._methods = methods
 
     def request_received(self, stream: Stream) -> None:
@@ -152,14 +154,19 @@ class GrpcConnection(Http2ServerConnection):
 class GrpcServer:
     """Listens on one TCP port; every call runs as a task on the running event loop."""
 
-    def __init__(self, methods: Mapping[str, UnaryMethod], limits: ConnectionLimits) -> None:
+    def __init__(self, methods: Mapping[str, UnaryMethod], limits: ConnectionLimits, *, connections_max: int) -> None:
         self._methods = {path.encode(): method for path, method in methods.items()}
         self._limits = limits
+        self._connections_max = connections_max
         self._connections: set[GrpcConnection] = set()
         self._server: asyncio.Server | None = None
 
     def _connection(self) -> GrpcConnection:
-        connection = GrpcConnection(self._methods, self._limits)
+        full = len(self._connections) >= self._connections_max
+        refusal = f"the server holds its most connections ({self._connections_max})" if full else None
+        connection = GrpcConnection(self._methods, self._limits, refusal=refusal)
+        if full:
+            return connection  # it takes no place: it closes itself a moment after its GOAWAY
         self._connections.add(connection)
         connection.closed.add_done_callback(lambda _: self._connections.discard(connection))
         return connection

@@ -50,6 +50,8 @@ LARGEST_FRAME_SIZE: Final = 16_777_215
 WINDOW_MAX: Final = 2**31 - 1
 CONNECTION_WINDOW: Final = 1 << 20
 """Our receive window for the whole connection; streams keep the default and are replenished."""
+REFUSED_LINGER_S: Final = 1.0
+"""How long a refused connection stays open after its GOAWAY, for the client to read it."""
 DECODED_BLOCKS_CACHED: Final = 32
 """Header blocks of indexed fields only, kept decoded per connection (see _decode)."""
 
@@ -132,8 +134,10 @@ class ConnectionLimits:
 class Http2ServerConnection(asyncio.Protocol):
     """One client connection. Subclasses answer `request_received` with `respond`."""
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, *, refusal: str | None = None) -> None:
+        """`refusal`: why this connection is closed as soon as it opens (None: it is served)."""
         self.limits = limits
+        self.refusal = refusal
         self.streams: dict[int, Stream] = {}
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -176,8 +180,17 @@ class Http2ServerConnection(asyncio.Protocol):
         )
         increment = CONNECTION_WINDOW - DEFAULT_WINDOW
         self._send(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big")))
+        if self.refusal is not None:  # after SETTINGS, which must be the first frame a server sends
+            self._send(_goaway_frame(0, ErrorCode.ENHANCE_YOUR_CALM, self.refusal))
+            self._flush()
+            # Closed a moment later, not now: a socket closed with the client's preface unread is
+            # reset, and a reset can discard the GOAWAY before the client reads it.
+            self._transport.write_eof()
+            asyncio.get_running_loop().call_later(REFUSED_LINGER_S, self.abort)
 
     def data_received(self, data: bytes) -> None:
+        if self.refusal is not None:
+            return
         buffer = self._buffer
         buffer += data
         try:
@@ -501,7 +514,7 @@ class Http2ServerConnection(asyncio.Protocol):
         """Stop taking streams; the connection closes once the ones in flight are answered."""
         if not self.going_away:
             self.going_away = True
-            self._send(frame(GOAWAY, 0, 0, self._last_stream_id.to_bytes(4, "big") + b"\x00\x00\x00\x00"))
+            self._send(_goaway_frame(self._last_stream_id, ErrorCode.NO_ERROR, ""))
         self._close_if_drained()
 
     def abort(self) -> None:
@@ -510,8 +523,7 @@ class Http2ServerConnection(asyncio.Protocol):
 
     def _go_away(self, code: ErrorCode, detail: str) -> None:
         log.info("closing an HTTP/2 connection: %s (%s)", detail, code.name)
-        goaway = self._last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big") + detail.encode()[:256]
-        self._send(frame(GOAWAY, 0, 0, goaway))
+        self._send(_goaway_frame(self._last_stream_id, code, detail))
         self._flush()
         if self._transport is not None:
             self._transport.close()
@@ -533,6 +545,10 @@ class Http2ServerConnection(asyncio.Protocol):
         if self._out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"".join(self._out))
         self._out.clear()
+
+
+def _goaway_frame(last_stream_id: int, code: ErrorCode, detail: str) -> bytes:
+    return frame(GOAWAY, 0, 0, last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big") + detail.encode()[:256])
 
 
 def _unpad(payload: bytes) -> bytes:

@@ -202,6 +202,7 @@ async def start_server(service: RateLimitService, *, host: str, port: int) -> Gr
             header_list_bytes_max=limits.GRPC_HEADER_LIST_BYTES_MAX,
             body_bytes_max=limits.GRPC_MESSAGE_BYTES_MAX + 5,
         ),
+        connections_max=limits.GRPC_CONNECTIONS_MAX,
     )
     await server.start(host, port)
     log.info("Envoy rate limit service (gRPC) on %s:%d", host, port)
