@@ -279,6 +279,17 @@ async def test_grpc_timeout_ends_the_call_with_deadline_exceeded(serve: StartSer
     client.close()
 
 
+async def test_a_handlers_own_timeout_is_internal_not_deadline_exceeded(serve: StartServer) -> None:
+    async def times_out(request: RateLimitRequest, metadata: Metadata) -> RateLimitResponse:
+        raise TimeoutError("a bug, not the caller's deadline")
+
+    client = await FrameClient.open(await serve(times_out))
+    client.call(1, RateLimitRequest(domain="x"), ("grpc-timeout", "5S"))
+    _, _, trailers = await client.answer(1)
+    assert trailers["grpc-status"] == str(StatusCode.INTERNAL.value)
+    client.close()
+
+
 async def test_a_reset_stream_cancels_its_call_and_the_connection_serves_on(serve: StartServer) -> None:
     handler, started, outcomes = blocking_handler()
     waiting_port = await serve(handler)

@@ -129,17 +129,19 @@ class GrpcConnection(Http2ServerConnection):
     async def _call(self, stream: Stream, method: UnaryMethod, metadata: Metadata, timeout_s: float | None) -> None:
         try:
             try:
-                request = method.decode(bytes(stream.body[5:]))
+                request = method.decode(bytes(memoryview(stream.body)[5:]))
             except Exception as error:  # protobuf's DecodeError, and whatever a codec raises
                 raise Abort(StatusCode.INTERNAL, f"the request message does not parse: {error}") from error
-            async with asyncio.timeout(timeout_s):
-                response = await method.handler(request, metadata)
+            try:
+                async with asyncio.timeout(timeout_s) as deadline:
+                    response = await method.handler(request, metadata)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # the handler's own, a failure like any other
+                raise Abort(StatusCode.DEADLINE_EXCEEDED, "the call's grpc-timeout passed") from None
             message = method.encode(response)
         except Abort as abort:
             self._answer_status(stream, abort.code, abort.detail)
-            return
-        except TimeoutError:
-            self._answer_status(stream, StatusCode.DEADLINE_EXCEEDED, "the call's grpc-timeout passed")
             return
         except Exception:
             log.exception("a gRPC handler failed")
