@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..gateway.loader import PolicyError
 from ..gateway.openapi import gateway_openapi
 from ..gateway.service import Gateway
+from ..heap import freeze_startup_heap
 from ..runtime import Runtime
 from ..settings import Settings, load_settings
 from .auth import KeyRing
@@ -91,6 +92,7 @@ class LockgateApp:
             async with runtime.running() as engine:
                 metrics.bind(engine)
                 async with self.gateway.running(runtime.store_url):
+                    log.info("start-up heap frozen: %d objects the collector no longer walks", freeze_startup_heap())
                     try:
                         yield
                     finally:

@@ -123,19 +123,15 @@ class Snapshotter:
 
 
 def _fork_writer(url: str, jobs: list[SnapshotJob]) -> int:
-    gc.freeze()  # keep the collector from touching (and so copying) every page in the child
-    try:
-        pid = os.fork()
-    except OSError:
-        gc.unfreeze()
-        raise
+    # No gc.freeze()/unfreeze() around the fork: unfreeze would undo heap.freeze_startup_heap,
+    # and the child never collects anyway (it disables the collector before anything else).
+    pid = os.fork()
     if pid != 0:
-        gc.unfreeze()
         return pid
     # The child: never returns, never runs the parent's loop, handlers or atexit hooks.
     code = 1
     try:
-        gc.disable()
+        gc.disable()  # so the collector never touches (and copies) the parent's pages
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
