@@ -1,8 +1,8 @@
 """The server side of cleartext HTTP/2 with prior knowledge (RFC 9113), for gRPC's unary calls.
 
-Why not grpcio's server: on this project's 2-core machine, grpc.aio spent 185 µs of CPU per
-call with a handler that did nothing, which left no room for the ≥ 5,000 calls/s Envoy's rate
-limit service needs on one worker; this connection spends about 40 µs (`make bench-gateway`
+Why not grpcio's server: on this project's 2-core machine, grpc.aio spent about 200 µs of CPU
+per call with a handler that did nothing, which left no room for the ≥ 5,000 calls/s Envoy's
+rate limit service needs on one worker; this connection spends about 40 µs (`make bench-gateway`
 measures both, loadtests/grpc_transport.py). It carries what a unary RPC needs and nothing more:
 
 - one request per stream, read whole (headers, then DATA up to END_STREAM), handed to
