@@ -59,6 +59,8 @@ def serve_fixed_answer(transport: str, port: int, ready: Event) -> None:
                 streams_max=limits.GRPC_STREAMS_PER_CONNECTION_MAX,
                 header_list_bytes_max=limits.GRPC_HEADER_LIST_BYTES_MAX,
                 body_bytes_max=limits.GRPC_MESSAGE_BYTES_MAX + 5,
+                buffered_bytes_max=limits.GRPC_CONNECTION_BUFFER_BYTES_MAX,
+                handshake_timeout_s=limits.GRPC_HANDSHAKE_TIMEOUT_MS / 1000,
             ),
             connections_max=limits.GRPC_CONNECTIONS_MAX,
         )

@@ -124,4 +124,10 @@ GRPC_STREAMS_PER_CONNECTION_MAX: Final = 1_000
 """Calls in flight on one gRPC connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused
 with REFUSED_STREAM, which a client retries. Envoy sends all its calls over a few connections."""
 GRPC_HEADER_LIST_BYTES_MAX: Final = 16_384
-"""Largest header list of a gRPC call (SETTINGS_MAX_HEADER_LIST_SIZE); larger gets HTTP 431."""
+"""Largest header list of a gRPC call (SETTINGS_MAX_HEADER_LIST_SIZE); larger gets HTTP 431,
+and one over 8 times this ends the connection."""
+GRPC_CONNECTION_BUFFER_BYTES_MAX: Final = 4 * 1_048_576
+"""Request bytes one gRPC connection may have buffered for its calls at once; the stream whose
+DATA would pass it is reset (ENHANCE_YOUR_CALM). At least one largest message, with room."""
+GRPC_HANDSHAKE_TIMEOUT_MS: Final = 10_000
+"""A new gRPC connection must send its preface and SETTINGS within this, or is closed."""

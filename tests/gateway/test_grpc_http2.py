@@ -131,9 +131,15 @@ class FrameClient:
 StartServer = Callable[..., Awaitable[int]]
 
 
-async def start_server(handler: Handler, *, connections_max: int = 10, **limits: int) -> tuple[GrpcServer, int]:
+async def start_server(handler: Handler, *, connections_max: int = 10, **limits: float) -> tuple[GrpcServer, int]:
     """A GrpcServer answering PATH with `handler`, and its port."""
-    settings = {"streams_max": 100, "header_list_bytes_max": 16_384, "body_bytes_max": 1 << 20} | limits
+    settings = {
+        "streams_max": 100,
+        "header_list_bytes_max": 16_384,
+        "body_bytes_max": 1 << 20,
+        "buffered_bytes_max": 4 << 20,
+        "handshake_timeout_s": 5.0,
+    } | limits
     method = UnaryMethod(RateLimitRequest.FromString, RateLimitResponse.SerializeToString, handler)
     server = GrpcServer({PATH: method}, ConnectionLimits(**settings), connections_max=connections_max)
     port = free_port()
@@ -146,7 +152,7 @@ async def serve() -> AsyncIterator[StartServer]:
     """serve(handler, **limits) -> the port of a server that is stopped after the test."""
     servers: list[GrpcServer] = []
 
-    async def start(handler: Handler = echo, **limits: int) -> int:
+    async def start(handler: Handler = echo, **limits: float) -> int:
         server, port = await start_server(handler, **limits)
         servers.append(server)
         return port
@@ -337,13 +343,63 @@ async def test_header_blocks_in_continuation_frames_and_padded_frames_are_read(s
     client.close()
 
 
-async def test_a_header_list_over_the_limit_gets_431(serve: StartServer) -> None:
+async def test_a_header_list_over_the_limit_gets_431_and_the_table_stays_in_step(serve: StartServer) -> None:
     client = await FrameClient.open(await serve(header_list_bytes_max=1_000))
-    client.call(1, RateLimitRequest(domain="x"), ("x-big", "b" * 2_000))
+    # The big fields come first: a decoder that stops at the limit never adds the ones after
+    # them to its table, which the client's next block then points at.
+    big = [("x-pad1", "a" * 500), ("x-pad2", "b" * 500)]
+    usual = [(":method", "POST"), (":scheme", "http"), (":path", PATH), (":authority", "test")]
+    usual += [("content-type", "application/grpc"), ("te", "trailers"), ("x-test", "first")]
+    block = bytes(client.encoder.encode([*big, *usual]))
+    client.send(
+        HeadersFrame(1, block, flags=["END_HEADERS"]),
+        DataFrame(1, grpc_message(RateLimitRequest(domain="x")), flags=["END_STREAM"]),
+    )
     headers, data, _ = await client.answer(1)
     assert headers[":status"] == "431" and data == b""
-    client.call(3, RateLimitRequest(domain="deny"))  # the header table stayed in step
-    assert decoded((await client.answer(3))[1]).overall_code == RateLimitResponse.OVER_LIMIT
+    for stream_id in (3, 5):  # table indexes only, the second time from the server's cache
+        client.call(stream_id, RateLimitRequest(domain="deny"), ("x-test", "first"))
+        _, data, trailers = await client.answer(stream_id)
+        assert trailers == {"grpc-status": "0"}
+        answer = decoded(data)
+        assert answer.overall_code == RateLimitResponse.OVER_LIMIT
+        assert {h.key: h.value for h in answer.response_headers_to_add}["x-test"] == "first"
+    client.close()
+
+
+async def test_a_header_list_far_over_the_limit_ends_the_connection(serve: StartServer) -> None:
+    client = await FrameClient.open(await serve(header_list_bytes_max=1_000))
+    client.call(1, RateLimitRequest(domain="x"), ("x-huge", "h" * 9_000))  # over 8 times the limit
+    assert (await client.goaway()).error_code == ErrorCode.ENHANCE_YOUR_CALM
+    await client.wait_closed()
+    client.close()
+
+
+async def test_unfinished_bodies_are_bounded_per_connection(serve: StartServer) -> None:
+    client = await FrameClient.open(await serve(buffered_bytes_max=100_000))
+    message = grpc_message(RateLimitRequest(domain="x" * 60_000))
+    first, rest = message[:16_000], message[16_000:]
+    for stream_id in (1, 3, 5, 7, 9, 11, 13):  # 7 x 16,000 bytes held, never finished: too many
+        client.send(HeadersFrame(stream_id, client.header_block(), flags=["END_HEADERS"]), DataFrame(stream_id, first))
+    while not isinstance(frame := await client.frame(), RstStreamFrame):
+        pass
+    assert (frame.stream_id, frame.error_code) == (13, ErrorCode.ENHANCE_YOUR_CALM)
+    for stream_id in (3, 5, 7):  # the client gives up on three: their bytes are freed
+        client.send(RstStreamFrame(stream_id, error_code=ErrorCode.CANCEL))
+    for offset in range(0, len(rest), 16_000):  # so a held stream completes
+        last = offset + 16_000 >= len(rest)
+        client.send(DataFrame(1, rest[offset : offset + 16_000], flags=["END_STREAM"] if last else []))
+    _, data, trailers = await client.answer(1)
+    assert trailers == {"grpc-status": "0"}
+    assert decoded(data).response_headers_to_add[0].value == str(RateLimitRequest(domain="x" * 60_000).ByteSize())
+    client.close()
+
+
+async def test_a_connection_that_never_says_hello_is_closed(serve: StartServer) -> None:
+    port = await serve(handshake_timeout_s=0.2)
+    client = FrameClient(*await asyncio.open_connection("127.0.0.1", port))  # no preface, no SETTINGS
+    assert (await client.goaway()).error_code == ErrorCode.PROTOCOL_ERROR
+    await client.wait_closed()
     client.close()
 
 

@@ -182,12 +182,14 @@ class GrpcServer:
             self._server.close()
         for connection in list(self._connections):
             connection.go_away()
-        closing = [connection.closed for connection in self._connections]
-        if closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_s):
-                    await asyncio.gather(*closing)
-        for connection in list(self._connections):
+        # First every call answered, then each client's close (a client closes once it has read
+        # our GOAWAY and its answers), all within the grace; what is left is cut.
+        connections = list(self._connections)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await asyncio.gather(*(connection.drained for connection in connections))
+                await asyncio.gather(*(connection.closed for connection in connections))
+        for connection in connections:
             connection.abort()
         if self._server is not None:
             await self._server.wait_closed()

@@ -50,8 +50,10 @@ LARGEST_FRAME_SIZE: Final = 16_777_215
 WINDOW_MAX: Final = 2**31 - 1
 CONNECTION_WINDOW: Final = 1 << 20
 """Our receive window for the whole connection; streams keep the default and are replenished."""
-REFUSED_LINGER_S: Final = 1.0
-"""How long a refused connection stays open after its GOAWAY, for the client to read it."""
+LINGER_S: Final = 1.0
+"""How long a connection we end stays open after our last frame, for the client to read it."""
+HEADER_LIST_HARD_FACTOR: Final = 8
+"""A header list this many times the limit ends the connection instead of getting a 431."""
 DECODED_BLOCKS_CACHED: Final = 32
 """Header blocks of indexed fields only, kept decoded per connection (see _decode)."""
 
@@ -129,6 +131,8 @@ class ConnectionLimits:
     streams_max: int
     header_list_bytes_max: int
     body_bytes_max: int
+    buffered_bytes_max: int  # request bytes held for the streams of one connection, all together
+    handshake_timeout_s: float  # for the client's preface and SETTINGS
 
 
 class Http2ServerConnection(asyncio.Protocol):
@@ -140,10 +144,15 @@ class Http2ServerConnection(asyncio.Protocol):
         self.refusal = refusal
         self.streams: dict[int, Stream] = {}
         self._transport: asyncio.Transport | None = None
+        self._buffered = 0
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self._buffer = bytearray()
         self._preface_seen = False
         self._settings_seen = False
-        self._decoder = hpack.Decoder(max_header_list_size=limits.header_list_bytes_max)
+        # hpack stops decoding mid-block at its own cap, leaving the table out of step with the
+        # client's: past HEADER_LIST_HARD_FACTOR times our limit the connection ends; between our
+        # limit and that, the block is decoded whole (the table stays right) and answered 431.
+        self._decoder = hpack.Decoder(max_header_list_size=limits.header_list_bytes_max * HEADER_LIST_HARD_FACTOR)
         self._decoded_blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._last_stream_id = 0
         self._continuing: tuple[int, int, bytearray] | None = None  # stream id, flags, block so far
@@ -155,8 +164,10 @@ class Http2ServerConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._reading_paused = False
+        self._write_closed = False
         self.going_away = False
         self.closed = asyncio.get_running_loop().create_future()
+        self.drained = asyncio.get_running_loop().create_future()  # going away, every stream answered
 
     # --- hooks ------------------------------------------------------------------------------
     def request_received(self, stream: Stream) -> None:
@@ -180,17 +191,17 @@ class Http2ServerConnection(asyncio.Protocol):
         )
         increment = CONNECTION_WINDOW - DEFAULT_WINDOW
         self._send(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big")))
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            self.limits.handshake_timeout_s, self._handshake_timed_out
+        )
         if self.refusal is not None:  # after SETTINGS, which must be the first frame a server sends
             self._send(_goaway_frame(0, ErrorCode.ENHANCE_YOUR_CALM, self.refusal))
             self._flush()
-            # Closed a moment later, not now: a socket closed with the client's preface unread is
-            # reset, and a reset can discard the GOAWAY before the client reads it.
-            self._transport.write_eof()
-            asyncio.get_running_loop().call_later(REFUSED_LINGER_S, self.abort)
+            self._linger()
 
     def data_received(self, data: bytes) -> None:
-        if self.refusal is not None:
-            return
+        if self._write_closed:
+            return  # we have said our last: what the client still sends is read and dropped
         buffer = self._buffer
         buffer += data
         try:
@@ -222,14 +233,21 @@ class Http2ServerConnection(asyncio.Protocol):
         except hpack.HPACKError as error:
             self._go_away(ErrorCode.COMPRESSION_ERROR, f"header block: {error}")
 
+    def _handshake_timed_out(self) -> None:
+        if not self._settings_seen:  # a silent connection would hold a place for good
+            self._go_away(ErrorCode.PROTOCOL_ERROR, "no connection preface and SETTINGS in time")
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
         for stream in list(self.streams.values()):
             if not stream.answered:
                 self.stream_closed(stream)
         self.streams.clear()
         self._blocked.clear()
-        if not self.closed.done():
-            self.closed.set_result(None)
+        for done in (self.closed, self.drained):
+            if not done.done():
+                done.set_result(None)
 
     def pause_writing(self) -> None:
         # A client that does not read stops being read: what we owe it stays bounded.
@@ -250,6 +268,8 @@ class Http2ServerConnection(asyncio.Protocol):
             if kind != SETTINGS or flags & ACK:
                 raise ConnectionFault(ErrorCode.PROTOCOL_ERROR, "the connection must start with SETTINGS")
             self._settings_seen = True
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
         if kind == DATA:
             self._data(flags, stream_id, payload)
         elif kind == HEADERS:
@@ -309,12 +329,17 @@ class Http2ServerConnection(asyncio.Protocol):
             return
         if flags & PADDED:
             payload = _unpad(payload)
+        if self._buffered + len(payload) > self.limits.buffered_bytes_max:
+            self._reset(stream, ErrorCode.ENHANCE_YOUR_CALM)  # the sum of unfinished bodies is bounded
+            return
         if len(stream.body) + len(payload) > self.limits.body_bytes_max:
             stream.body_too_large = True  # answered now; the rest of the body is ignored
+            self._buffered -= len(stream.body)
             stream.body.clear()
             self.request_received(stream)
             return
         stream.body += payload
+        self._buffered += len(payload)
         if flags & END_STREAM:
             stream.received = True
             self.request_received(stream)
@@ -348,10 +373,7 @@ class Http2ServerConnection(asyncio.Protocol):
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         # Decoded even for a stream we refuse: the HPACK table is the connection's.
-        try:
-            headers = self._decode(block)
-        except hpack.OversizedHeaderListError:
-            headers = None
+        headers = self._decode(block)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers on the request: accepted, and they end it
             if stream.received or not flags & END_STREAM:
@@ -363,7 +385,7 @@ class Http2ServerConnection(asyncio.Protocol):
         if stream_id <= self._last_stream_id:
             return  # a stream that is closed already
         self._last_stream_id = stream_id
-        if headers is None:  # RFC 9113 §10.5.1
+        if _header_list_size(headers) > self.limits.header_list_bytes_max:  # RFC 9113 §10.5.1
             self._send(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, header_block([(b":status", b"431")])))
             if not flags & END_STREAM:
                 self._send(frame(RST_STREAM, 0, stream_id, ErrorCode.NO_ERROR.to_bytes(4, "big")))
@@ -385,7 +407,14 @@ class Http2ServerConnection(asyncio.Protocol):
         cached = self._decoded_blocks.get(block)
         if cached is not None:
             return cached
-        headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
+        try:
+            headers: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
+        except hpack.OversizedHeaderListError as error:
+            self._decoded_blocks.clear()
+            raise ConnectionFault(ErrorCode.ENHANCE_YOUR_CALM, "a header list far over the limit") from error
+        except hpack.HPACKError:
+            self._decoded_blocks.clear()  # the connection ends (COMPRESSION_ERROR) in data_received
+            raise
         if block and min(block) >= 0x80:
             if len(self._decoded_blocks) < DECODED_BLOCKS_CACHED:
                 self._decoded_blocks[block] = headers
@@ -506,7 +535,8 @@ class Http2ServerConnection(asyncio.Protocol):
             self.stream_closed(stream)
 
     def _forget(self, stream: Stream) -> None:
-        self.streams.pop(stream.stream_id, None)
+        if self.streams.pop(stream.stream_id, None) is not None:
+            self._buffered -= len(stream.body)
         self._blocked.pop(stream.stream_id, None)
 
     # --- the connection ------------------------------------------------------------------------
@@ -526,12 +556,28 @@ class Http2ServerConnection(asyncio.Protocol):
         self._send(_goaway_frame(self._last_stream_id, code, detail))
         self._flush()
         if self._transport is not None:
-            self._transport.close()
+            self._linger()
 
     def _close_if_drained(self) -> None:
         if self.going_away and not self.streams and self._transport is not None:
             self._flush()
+            self._linger()
+            if not self.drained.done():
+                self.drained.set_result(None)
+
+    def _linger(self) -> None:
+        """Close our side now and the socket a moment later: closed with the client's frames
+        unread, a socket is reset, and a reset can discard our last frames before they are read."""
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return
+        self._write_closed = True
+        try:
+            self._transport.write_eof()
+        except (OSError, NotImplementedError):  # the client is gone already, or no half-close here
             self._transport.close()
+            return
+        asyncio.get_running_loop().call_later(LINGER_S, self.abort)
 
     def _send(self, data: bytes) -> None:
         # Answers finishing in one loop iteration (one group commit) leave in one write.
@@ -542,9 +588,14 @@ class Http2ServerConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._out and self._transport is not None and not self._transport.is_closing():
+        if self._out and self._transport is not None and not self._transport.is_closing() and not self._write_closed:
             self._transport.write(b"".join(self._out))
         self._out.clear()
+
+
+def _header_list_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """SETTINGS_MAX_HEADER_LIST_SIZE's measure: each field's name and value plus 32 (RFC 9113 §6.5.2)."""
+    return sum(len(name) + len(value) + 32 for name, value in headers)
 
 
 def _goaway_frame(last_stream_id: int, code: ErrorCode, detail: str) -> bytes:
