@@ -48,22 +48,11 @@ def serve_fixed_answer(transport: str, port: int, ready: Event) -> None:
     async def lockgate_server() -> None:
         import asyncio
 
-        from lockgate_server import limits
-        from lockgate_server.gateway.grpc_server import GrpcServer, UnaryMethod
-        from lockgate_server.gateway.http2 import ConnectionLimits
+        from lockgate_server.gateway.grpc_server import UnaryMethod
+        from lockgate_server.gateway.rls import grpc_server
 
         method = UnaryMethod(RateLimitRequest.FromString, RateLimitResponse.SerializeToString, handler)
-        server = GrpcServer(
-            {f"/{SERVICE_NAME}/{METHOD_NAME}": method},
-            ConnectionLimits(
-                streams_max=limits.GRPC_STREAMS_PER_CONNECTION_MAX,
-                header_list_bytes_max=limits.GRPC_HEADER_LIST_BYTES_MAX,
-                body_bytes_max=limits.GRPC_MESSAGE_BYTES_MAX + 5,
-                buffered_bytes_max=limits.GRPC_CONNECTION_BUFFER_BYTES_MAX,
-                handshake_timeout_s=limits.GRPC_HANDSHAKE_TIMEOUT_MS / 1000,
-            ),
-            connections_max=limits.GRPC_CONNECTIONS_MAX,
-        )
+        server = grpc_server({f"/{SERVICE_NAME}/{METHOD_NAME}": method})
         await server.start("127.0.0.1", port)
         ready.set()
         await asyncio.Event().wait()

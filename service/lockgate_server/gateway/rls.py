@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from google.protobuf.duration_pb2 import Duration
@@ -193,10 +193,10 @@ def _status_of(error: LockgateError) -> StatusCode:
     return StatusCode.UNAVAILABLE  # the store or the engine: Envoy's failure_mode_deny applies
 
 
-async def start_server(service: RateLimitService, *, host: str, port: int) -> GrpcServer:
-    """The gRPC server on the running event loop (the engine's): every call is applied inline there."""
-    server = GrpcServer(
-        service.methods(),
+def grpc_server(methods: Mapping[str, UnaryMethod]) -> GrpcServer:
+    """A gRPC server with the node's limits (limits.py) for `methods`."""
+    return GrpcServer(
+        methods,
         ConnectionLimits(
             streams_max=limits.GRPC_STREAMS_PER_CONNECTION_MAX,
             header_list_bytes_max=limits.GRPC_HEADER_LIST_BYTES_MAX,
@@ -206,6 +206,11 @@ async def start_server(service: RateLimitService, *, host: str, port: int) -> Gr
         ),
         connections_max=limits.GRPC_CONNECTIONS_MAX,
     )
+
+
+async def start_server(service: RateLimitService, *, host: str, port: int) -> GrpcServer:
+    """The gRPC server on the running event loop (the engine's): every call is applied inline there."""
+    server = grpc_server(service.methods())
     await server.start(host, port)
     log.info("Envoy rate limit service (gRPC) on %s:%d", host, port)
     return server
