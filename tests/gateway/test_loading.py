@@ -216,3 +216,24 @@ def test_yaml_numbers_as_values_are_strings() -> None:
     text = b"domain: d\ndescriptors:\n  - {key: port, value: 8080, rate_limit: {unit: second, requests_per_unit: 1}}\n"
     (policy,) = parse_policies(text, source="p.yaml")
     assert rate(limit_for(CompiledDomain(policy), ("port", "8080"))) == (1, SECOND)
+
+
+@pytest.mark.parametrize("text", ["0x1F", "00123", "yes", "1.10", "12:30"])
+def test_yaml_values_are_their_source_text_as_envoyproxy_ratelimit_reads_them(text: str) -> None:
+    # Go's YAML decoder fills a string field with the scalar's text; YAML 1.1 typing would
+    # read these as 31, 83, true, 1.1 and 750, so the rule would never match.
+    document = f"domain: d\ndescriptors:\n  - key: k\n    value: {text}\n"
+    document += "    rate_limit: {unit: second, requests_per_unit: 3}"
+    (policy,) = parse_policies(document.encode(), source="p.yaml")
+    assert rate(limit_for(CompiledDomain(policy), ("k", text))) == (3, SECOND)
+
+
+def test_an_empty_descriptors_list_and_upstreams_metric_flags_load() -> None:
+    (empty,) = parse_policies(b"domain: nothing\ndescriptors:\n", source="p.yaml")
+    assert empty.descriptors == []
+    text = (
+        b"domain: d\ndescriptors:\n  - key: path\n    value: /api*\n    value_to_metric: true\n"
+        b"    detailed_metric: true\n    rate_limit: {unit: minute, requests_per_unit: 2}\n"
+    )
+    (policy,) = parse_policies(text, source="p.yaml")
+    assert rate(limit_for(CompiledDomain(policy), ("path", "/api/v1"))) == (2, MINUTE)

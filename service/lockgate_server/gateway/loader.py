@@ -50,7 +50,7 @@ def parse_policies(data: bytes, *, source: str) -> list[DomainPolicy]:
         elif suffix == ".json":
             documents = [json.loads(data)]
         else:
-            documents = [document for document in yaml.safe_load_all(data) if document is not None]
+            documents = [document for document in yaml.load_all(data, Loader=_PolicyLoader) if document is not None]
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PolicyError(f"{source}: error loading config file: {error}") from error
     policies = []
@@ -62,7 +62,7 @@ def parse_policies(data: bytes, *, source: str) -> list[DomainPolicy]:
 
 def policy_from_mapping(raw: Any, *, source: str) -> DomainPolicy:
     try:
-        return msgspec.convert(_scalars_as_strings(raw), DomainPolicy)
+        return msgspec.convert(_as_envoy_reads_it(raw), DomainPolicy)
     except msgspec.ValidationError as error:
         raise PolicyError(f"{source}: {error}") from error
 
@@ -80,8 +80,35 @@ def _domains_of(document: Any, source: str) -> list[Any]:
     return [document]
 
 
-def _scalars_as_strings(raw: Any) -> Any:
-    """Descriptor keys and values are strings even when YAML reads `value: 42` as a number."""
+_TEXT_FIELDS = frozenset({"domain", "key", "value", "name"})
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """Reads the string fields of a policy as their source text, as envoyproxy/ratelimit does.
+
+    Its Go YAML decoder keeps a scalar's text for a string field, so `value: 0x1F`, `00123`,
+    `yes` or `1.10` are those very strings there. Constructed as YAML 1.1 types and printed
+    back, they would become "31", "83", "true" and "1.1", and the rule would silently never
+    match the value the gateway sends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping = super().construct_mapping(node, deep=deep)
+        for key_node, value_node in node.value:
+            if (
+                isinstance(key_node, yaml.ScalarNode)
+                and key_node.value in _TEXT_FIELDS
+                and isinstance(value_node, yaml.ScalarNode)
+                and value_node.tag != _NULL_TAG
+            ):
+                mapping[key_node.value] = value_node.value
+        return mapping
+
+
+def _as_envoy_reads_it(raw: Any) -> Any:
+    """Keys and values are strings even where TOML or JSON gives `value = 42` as a number, and
+    `descriptors:` left empty is no descriptors, as envoyproxy/ratelimit reads both."""
     if not isinstance(raw, dict):
         return raw
     converted = dict(raw)
@@ -89,6 +116,8 @@ def _scalars_as_strings(raw: Any) -> Any:
         if field in converted and isinstance(converted[field], bool | int | float):
             value = converted[field]
             converted[field] = str(value).lower() if isinstance(value, bool) else str(value)
+    if "descriptors" in converted and converted["descriptors"] is None:
+        converted["descriptors"] = []
     if isinstance(converted.get("descriptors"), list):
-        converted["descriptors"] = [_scalars_as_strings(item) for item in converted["descriptors"]]
+        converted["descriptors"] = [_as_envoy_reads_it(item) for item in converted["descriptors"]]
     return converted

@@ -14,6 +14,7 @@ The shape is envoyproxy/ratelimit's YAML configuration, so its files load unchan
           replaces: [{name: <name>}]
         shadow_mode: <bool>     # decide and report, never deny
         detailed_metric: <bool> # accepted; Lockgate never labels metrics per value
+        value_to_metric: <bool> # accepted, as detailed_metric
         descriptors: [...]      # nested, matched against the next entry
 
 Lockgate's extensions (all optional, so a file without them reads as envoyproxy/ratelimit
@@ -103,7 +104,9 @@ class DescriptorSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, o
     rate_limit: RateLimitSpec | None = None
     descriptors: list[DescriptorSpec] = []
     shadow_mode: bool = False
+    # Per-value metric names in envoyproxy/ratelimit: an unbounded label set, so only accepted.
     detailed_metric: bool = False
+    value_to_metric: bool = False
 
 
 class EntrySource(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
