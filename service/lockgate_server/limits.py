@@ -34,7 +34,7 @@ INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
 # --- rate limits -----------------------------------------------------------
-RATE_LIMIT_MAX: Final = 1_000_000_000
+RATE_LIMIT_MAX: Final = 2**32 - 1  # envoyproxy/ratelimit's requests_per_unit is a uint32
 RATE_PERIOD_MIN_MS: Final = 1
 RATE_PERIOD_MAX_MS: Final = 366 * 24 * 3600 * 1000
 RATE_COST_MAX: Final = 1_000_000_000

@@ -30,9 +30,30 @@ class RateSpec(Protocol):
     def algorithm(self) -> str: ...
 
 
-class GcraState(msgspec.Struct, array_like=True, gc=False, tag="g"):
-    tat_scaled: int
+class GcraState(msgspec.Struct, array_like=True, gc=False, tag="h"):
+    """The TAT is `tat_ms * scale + tat_fraction` in 1/scale ms.
+
+    Kept split because a snapshot is msgpack, whose integers stop at 2**64: one number in
+    1/limit ms passes that from a limit of about ten million on today's wall clock.
+    """
+
+    tat_ms: int
+    tat_fraction: int  # 0 <= tat_fraction < scale
     scale: int  # the limit the TAT was scaled by
+
+    @property
+    def tat_scaled(self) -> int:
+        return self.tat_ms * self.scale + self.tat_fraction
+
+
+class GcraStateV1(msgspec.Struct, array_like=True, gc=False, tag="g"):
+    """The TAT as one number, as snapshots before the split hold it; read, never written."""
+
+    tat_scaled: int
+    scale: int
+
+    def upgraded(self) -> GcraState:
+        return _gcra_state(self.tat_scaled, self.scale)
 
 
 class WindowState(msgspec.Struct, array_like=True, gc=False, tag="w"):
@@ -44,6 +65,7 @@ class WindowState(msgspec.Struct, array_like=True, gc=False, tag="w"):
 
 
 RateState = GcraState | WindowState
+StoredRateState = RateState | GcraStateV1
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:
@@ -65,7 +87,7 @@ def check(state: RateState | None, cmd: RateSpec, now_ms: int) -> tuple[RateStat
 def reset_at_ms(state: RateState) -> int:
     """When the key returns to full if nothing more is charged."""
     if isinstance(state, GcraState):
-        return _ceil_div(state.tat_scaled, state.scale)
+        return state.tat_ms + (1 if state.tat_fraction else 0)
     if state.algorithm == "fixed_window":
         return (state.window + 1) * state.period_ms if state.current else 0
     if state.current:
@@ -93,7 +115,7 @@ def _gcra(state: GcraState | None, cmd: RateSpec, now_ms: int) -> tuple[GcraStat
         )
         if cmd.cost == 0:
             return state, decision
-        return GcraState(new_tat, limit), decision
+        return _gcra_state(new_tat, limit), decision
     decision = RateDecision(
         allowed=False,
         limit=limit,
@@ -102,6 +124,11 @@ def _gcra(state: GcraState | None, cmd: RateSpec, now_ms: int) -> tuple[GcraStat
         retry_after_ms=_ceil_div(new_tat - now_scaled - tolerance, limit),
     )
     return state, decision
+
+
+def _gcra_state(tat_scaled: int, scale: int) -> GcraState:
+    tat_ms, fraction = divmod(tat_scaled, scale)
+    return GcraState(tat_ms, fraction, scale)
 
 
 def _fixed(state: WindowState | None, cmd: RateSpec, now_ms: int) -> tuple[WindowState | None, RateDecision]:

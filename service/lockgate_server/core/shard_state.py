@@ -8,7 +8,7 @@ always gives the same state, which is what recovery by replay relies on.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple, cast
 
 import msgspec
@@ -47,7 +47,7 @@ from .ops import (
     Result,
     is_read,
 )
-from .ratelimit import RateState
+from .ratelimit import GcraStateV1, RateState, StoredRateState
 from .wheel import ExpiryWheel, bucket_complete
 
 SNAPSHOT_FORMAT_VERSION: Final = 1
@@ -73,7 +73,7 @@ class Snapshot(msgspec.Struct, array_like=True):
     locks: dict[str, LeasePool]
     semaphores: dict[str, LeasePool]
     counters: dict[str, int]
-    rates: dict[str, RateState]
+    rates: Mapping[str, StoredRateState]  # read-only here: written as RateState, read also as older forms
     remembered: dict[str, Remembered]
 
 
@@ -476,7 +476,9 @@ class ShardState:
         state.locks = snap.locks
         state.semaphores = snap.semaphores
         state.counters = snap.counters
-        state.rates = snap.rates
+        state.rates = {
+            key: rate.upgraded() if isinstance(rate, GcraStateV1) else rate for key, rate in snap.rates.items()
+        }
         state.remembered = snap.remembered
         state._rebuild_deadlines()
         state._count_objects()
