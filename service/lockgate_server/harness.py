@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .storage.embedded import free_port
+from .storage.embedded import free_ports
 
 READY_TIMEOUT_S = 20.0
 SERVING = "/readyz?active=1"
@@ -52,7 +52,10 @@ class ServerProcess:
     ) -> None:
         self.data_dir = data_dir
         self.extra_env = dict(env or {})
-        self.port = port or free_port()
+        # Chosen together, so they differ: the HTTP and gRPC ports probed one after the other
+        # could be the same free port twice.
+        self.port, self.grpc_port = free_ports(2)
+        self.port = port or self.port
         self.shards = shards
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server-{self.port}.log"
@@ -77,7 +80,7 @@ class ServerProcess:
                 "LOCKGATE_DATA_DIR": str(self.data_dir),
                 "LOCKGATE_SHARDS": str(self.shards),
                 # The Envoy rate-limit gRPC service listens too: each server gets its own port.
-                "LOCKGATE_GRPC_PORT": str(free_port()),
+                "LOCKGATE_GRPC_PORT": str(self.grpc_port),
                 "PYTHONUNBUFFERED": "1",
             }
         )

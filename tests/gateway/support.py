@@ -43,8 +43,7 @@ class GatewayServer(ServerProcess):
     """`python -m lockgate_server` in its own process group, its gRPC port known to the test."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.grpc_port = free_port()
-        super().__init__(data_dir, env={"LOCKGATE_GRPC_PORT": str(self.grpc_port), **(env or {})})
+        super().__init__(data_dir, env=env)
 
     @property
     def grpc_target(self) -> str:

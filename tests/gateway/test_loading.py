@@ -237,3 +237,11 @@ def test_an_empty_descriptors_list_and_upstreams_metric_flags_load() -> None:
     )
     (policy,) = parse_policies(text, source="p.yaml")
     assert rate(limit_for(CompiledDomain(policy), ("path", "/api/v1"))) == (2, MINUTE)
+
+
+def test_requests_per_unit_takes_upstreams_whole_uint32_range() -> None:
+    text = b"domain: d\ndescriptors:\n  - {key: k, rate_limit: {unit: second, requests_per_unit: 4294967295}}\n"
+    (policy,) = parse_policies(text, source="p.yaml")
+    assert rate(limit_for(CompiledDomain(policy), ("k", "any"))) == (4_294_967_295, SECOND)
+    with pytest.raises(PolicyError):
+        parse_policies(text.replace(b"4294967295", b"4294967296"), source="p.yaml")
