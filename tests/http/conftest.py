@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lockgate_server.harness import ServerProcess, free_port, group_members
+from lockgate_server.harness import ServerProcess, group_members
+from lockgate_server.storage.embedded import free_port
 
 __all__ = ["LockgateServer", "free_port", "group_members"]
 
