@@ -154,7 +154,7 @@ class Server(ServerProcess):
         self.start()
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of every process of the server's group (granian and its worker)."""
+        """User + system CPU of every process of the server's group (the server and its snapshot writers)."""
         ticks = os.sysconf("SC_CLK_TCK")
         total = 0
         for entry in Path("/proc").iterdir():
@@ -423,7 +423,7 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "limit": f"{RATE_LIMIT} per minute per key, fixed windows (Lockgate and limits alike)",
             "seconds_per_workload": args.seconds,
             "warmup_s": args.warmup,
-            "server": "python -m lockgate_server, one worker (granian + uvloop), same Valkey",
+            "server": "python -m lockgate_server, one process (our HTTP/1.1 server + uvloop), same Valkey",
             "wrk": f"1 thread, {CONNECTIONS} connections, {LUA_SCRIPT.name}",
             "grpc_driver": grpc_run["driver"],
         },

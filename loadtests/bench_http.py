@@ -1,7 +1,7 @@
 """HTTP benchmark (`make bench-http`): Lockgate's server under wrk, against its peers, in one run.
 
 One Valkey (appendfsync always, 127.0.0.1) serves Lockgate and the redis-py and limits
-baselines. Every HTTP server runs as `lockgate-server` does: granian, one worker, uvloop,
+baselines. Every HTTP server runs as `lockgate-server` does: our HTTP/1.1 server, uvloop,
 ASGI. wrk drives HTTP with Lua scripts (loadtests/http/) over 64 keep-alive connections,
 one per wrk thread, so a script can chain calls on its connection. In order:
 
@@ -86,14 +86,6 @@ Row = dict[str, Any]
 
 
 # --- processes we start -------------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
 class Served:
     """A server we start in its own session and stop with everything it spawned, also on error."""
 
@@ -129,9 +121,8 @@ class Served:
         return ""
 
     def worker_pid(self) -> int:
-        """granian's single worker is the main process's only child; a server without one is its own worker."""
-        children = _children(self.process.pid)
-        return children[0] if len(children) == 1 else self.process.pid
+        """The one process that serves (its children are only short-lived snapshot writers)."""
+        return self.process.pid
 
     def stop(self) -> None:
         group = self.process.pid  # start_new_session: the group id is our child's pid
@@ -163,7 +154,7 @@ class Served:
         self.stop()
 
 
-def granian_app(name: str, target: str, port: int, folder: Path) -> Served:
+def peer_app(name: str, target: str, port: int, folder: Path) -> Served:
     """A peer app with lockgate-server's server settings (loadtests/http/serve.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "loadtests.http.serve", target, str(port)]
@@ -634,7 +625,7 @@ def peer_ceilings(folder: Path, args: argparse.Namespace) -> dict[str, Row]:
         ("litestar_hello", "loadtests.http.hello_litestar:app"),
     ):
         port = free_port()
-        with granian_app(name, target, port, folder) as app:
+        with peer_app(name, target, port, folder) as app:
             rows[name] = wrk_scenario(
                 "checks.lua", f"http://127.0.0.1:{port}", ["bench-checks", KEYS], ["bench-checks", KEYS], args,
                 unit="requests (check decode+encode)", ops_counters=("ok", "denied"),
@@ -690,14 +681,14 @@ def _where(path: str) -> str:
 
 
 PROFILE_RATE_HZ = 100  # py-spy's default sampling rate
-_NATIVE = "[native: uvloop's loop and granian's I/O glue, under the worker's entry frame]"
+_NATIVE = "[native: uvloop's loop and socket I/O, under the server's entry frame]"
 
 
 def summarize_profile(raw: str, seconds: float, top: int = 15) -> dict[str, Any]:
     """py-spy `--threads -f raw` lines are `thread;frame;...;leaf count`: own time is the leaf's.
 
-    Only the main thread runs the event loop and every line of Lockgate; granian's Rust
-    threads show as threads without Python frames, and are summarized by their busy share.
+    Only the main thread runs the event loop and every line of Lockgate, HTTP included; other
+    threads (the redis client's, the executor's) are summarized by their busy share.
     """
     threads: Counter[str] = Counter()
     own: Counter[str] = Counter()
@@ -719,10 +710,10 @@ def summarize_profile(raw: str, seconds: float, top: int = 15) -> dict[str, Any]
             match = _FRAME.match(frame)
             frames.append((match["function"], _where(match["file"])) if match else (frame, "?"))
         leaf_function, leaf_file = frames[-1] if frames else ("?", "?")
-        native = leaf_file.startswith("granian/server/")
+        native = leaf_file.startswith(("uvloop/", "stdlib/asyncio/runners"))
         own[_NATIVE if native else f"{leaf_function} ({leaf_file})"] += count
         module = leaf_file if leaf_file.startswith("lockgate_server/") else leaf_file.split("/")[0]
-        modules["native loop + granian" if native else module] += count
+        modules["native loop" if native else module] += count
         for label in {f"{function} ({file})" for function, file in frames}:
             inclusive[label] += count
 
@@ -1057,7 +1048,7 @@ def main(argv: list[str] | None = None) -> None:
             "wrk_layout": f"-t{CONNECTIONS} -c{CONNECTIONS}: one keep-alive connection per wrk thread",
             "seconds_per_scenario": args.seconds,
             "warmup_s": args.warmup_int,
-            "server": "granian, 1 worker, uvloop, ASGI (Lockgate and both hello-worlds)",
+            "server": "lockgate_server.http1 on uvloop, one process (Lockgate and both hello-worlds)",
             "lockgate_shards": args.shards,
             "lock_names_per_connection": NAMES_PER_CONNECTION,
             "lock_ttl_ms": LOCK_TTL_MS,
@@ -1071,7 +1062,7 @@ def main(argv: list[str] | None = None) -> None:
         "store": outcome["store"],
         "versions": {
             "wrk": tool_version(["wrk", "-v"]),
-            "granian": version("granian"),
+            "httptools": version("httptools"),
             "litestar": version("litestar"),
             "msgspec": version("msgspec"),
             "uvloop": version("uvloop"),

@@ -3,8 +3,8 @@
 1. The benchmarks of the earlier issues, each as its own process, as their make targets run
    them: bench_engine, bench_http, bench_sdk, bench_gateway, bench_state (--quick passes through).
 2. On one Valkey (appendfsync always, 127.0.0.1), `lockgate-server` (one worker, 64 shards) and
-   the `limits` library behind the same HTTP route (loadtests/scenarios/limits_app.py, one granian
-   worker, redis-py to the same Valkey):
+   the `limits` library behind the same HTTP route (loadtests/scenarios/limits_app.py, served by
+   the same HTTP server, redis-py to the same Valkey):
    - the Locust gateway mix against both, stepping the offered load, to compare the p99 of a
      check at the load where limits' p99 crosses 20 ms;
    - the Locust job-runner, semaphore and counter scenarios, with their correctness checks;
@@ -407,7 +407,7 @@ def versions() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "lockgate_server": package("lockgate-server"),
         "lockgate_sdk": package("lockgate"),
-        "granian": package("granian"),
+        "httptools": package("httptools"),
         "uvloop": package("uvloop"),
         "msgspec": package("msgspec"),
         "redis_py": package("redis"),

@@ -692,7 +692,7 @@ def _ceiling_section(document: dict[str, Any]) -> list[str]:
     return [
         "## Which ratio targets one worker can reach here",
         "",
-        f"The bare ASGI app on one granian worker (decode and encode a check, nothing else) answered "
+        f"The bare ASGI app on the same HTTP server (decode and encode a check, nothing else) answered "
         f"{_n(ceiling)} req/s in this run: the most any one-worker HTTP service can answer on this machine with "
         "this load generator. redis-py and `limits` are measured as their users call them, straight to Valkey "
         "with no HTTP in between, so a ratio over them asks for this many HTTP requests per second:",
@@ -760,14 +760,15 @@ def render(document: dict[str, Any], folder: Path) -> dict[str, Any]:
         "same one.",
         f"- Versions: Python {versions.get('python')}, lockgate-server {versions.get('lockgate_server')} "
         f"(git {versions.get('git_commit')}{', uncommitted changes' if versions.get('git_dirty') else ''}), "
-        f"lockgate SDK {versions.get('lockgate_sdk')}, granian {versions.get('granian')}, uvloop "
+        f"lockgate SDK {versions.get('lockgate_sdk')}, httptools {versions.get('httptools')}, uvloop "
         f"{versions.get('uvloop')}, msgspec {versions.get('msgspec')}, redis-py {versions.get('redis_py')}, limits "
         f"{versions.get('limits')}, Locust {versions.get('locust')}, {versions.get('wrk') or 'wrk n/a'}"
         + (f", etcd {etcd}" if etcd else "")
         + ".",
-        "- Lockgate runs as a user starts it: `python -m lockgate_server`, one granian worker with uvloop, 64 "
-        "shards unless a sweep says otherwise. The `limits` peer over HTTP is the same kind of process "
-        "(loadtests/scenarios/limits_app.py: one granian worker, one `FixedWindowRateLimiter.hit` per request, "
+        "- Lockgate runs as a user starts it: `python -m lockgate_server`, one process: our HTTP/1.1 server "
+        "(lockgate_server/http1.py) on uvloop, 64 shards unless a sweep says otherwise. The `limits` peer over "
+        "HTTP is the same kind of process (loadtests/scenarios/limits_app.py on that server, one "
+        "`FixedWindowRateLimiter.hit` per request, "
         "redis-py to the same Valkey).",
         "",
         "## Headline: the targets of issues 2 to 7",

@@ -1,1 +1,1 @@
-"""The HTTP benchmark's peers (hello-world apps, the granian launcher) and its wrk Lua scripts."""
+"""The HTTP benchmark's peers (hello-world apps, their launcher) and its wrk Lua scripts."""

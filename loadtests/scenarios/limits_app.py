@@ -1,6 +1,6 @@
 """The `limits` library behind HTTP: the peer of Lockgate's rate-limit check route under Locust and wrk.
 
-A bare ASGI app (served like Lockgate: granian, one worker, uvloop; see loadtests/http/serve.py)
+A bare ASGI app (served like Lockgate: our HTTP/1.1 server, uvloop; see loadtests/http/serve.py)
 answering Lockgate's own check route, `POST /v1/namespaces/{namespace}/ratelimits/{key}/check`
 with the same JSON body, by one `FixedWindowRateLimiter.hit` of limits' async Redis storage
 (redis-py with hiredis, as in the other benchmarks) on the Valkey named by LIMITS_REDIS_URL.

@@ -1,4 +1,4 @@
-"""`lockgate-server`: run the HTTP service (granian, one worker, uvloop)."""
+"""`lockgate-server`: run the HTTP service (our HTTP/1.1 server on uvloop, one process)."""
 
 from __future__ import annotations
 
@@ -33,23 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
+    import uvloop
 
-    # One worker: a node is one event loop owning every shard (a second node stands by and
-    # relays to it; shards spread over several active nodes are not built yet). granian +
-    # uvloop measured fastest here for ASGI; uvicorn + httptools was no faster in bench-http.
-    server = Server(
-        target="lockgate_server.api.app:create_app",
-        factory=True,
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        loop=Loops.uvloop,
-        workers=1,
-        log_access=False,
+    from .api.app import create_app
+    from .api.problems import PROBLEM_BASE
+    from .serve import serve
+
+    # One process, one event loop: a node owns every shard (a second node stands by and relays
+    # to it; shards spread over several active nodes are not built yet).
+    app = create_app(settings)
+    uvloop.run(
+        serve(app, settings.host, settings.port, body_bytes_max=settings.max_body_bytes, problem_base=PROBLEM_BASE)
     )
-    server.serve()
 
 
 if __name__ == "__main__":

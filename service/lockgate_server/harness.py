@@ -1,7 +1,7 @@
 """A Lockgate server as a user starts it, as a child process group: for tests and benchmarks.
 
-`python -m lockgate_server` runs in its own session (process group), so the granian parent,
-its worker and the embedded Valkey child can be signalled together: `kill()` is a whole-
+`python -m lockgate_server` runs in its own session (process group), so the server, its
+snapshot writers and the embedded Valkey child can be signalled together: `kill()` is a whole-
 node crash (SIGKILL), `pause()` freezes it (SIGSTOP), `stop()` is a polite SIGTERM.
 Standard library only, so the SDK's tests and the load tests can use it as they are.
 """
@@ -139,7 +139,7 @@ class ServerProcess:
         return False
 
     def kill(self) -> None:
-        """kill -9 of the whole node: granian parent, worker and embedded Valkey."""
+        """kill -9 of the whole node: the server, its snapshot writers and embedded Valkey."""
         if self.process is None:
             return
         self.signal_group(signal.SIGKILL)

@@ -131,3 +131,20 @@ GRPC_CONNECTION_BUFFER_BYTES_MAX: Final = 4 * 1_048_576
 DATA would pass it is reset (ENHANCE_YOUR_CALM). At least one largest message, with room."""
 GRPC_HANDSHAKE_TIMEOUT_MS: Final = 10_000
 """A new gRPC connection must send its preface and SETTINGS within this, or is closed."""
+
+# --- the HTTP/1.1 server -----------------------------------------------------------------
+HTTP_HEADER_BYTES_MAX: Final = 65_536
+"""Largest request head (request line and headers); larger gets 431 and the connection closes.
+Gateways forward their clients' headers to the check endpoint, so it is sized like Envoy's
+default (60 KiB) rather than for our own short requests."""
+HTTP_READ_TIMEOUT_MS: Final = 30_000
+"""From a request's first byte to its last; a slower request gets 408 and the connection closes."""
+HTTP_IDLE_TIMEOUT_MS: Final = 30_000
+"""A keep-alive connection with no request in flight is closed after this."""
+HTTP_CONNECTIONS_MAX: Final = 4_096
+"""Open HTTP connections; one more is answered 503 and closed."""
+HTTP_BACKLOG: Final = 1_024
+"""Connections the kernel queues before the server accepts them."""
+HTTP_STOP_GRACE_S: Final = 10.0
+"""On SIGTERM or SIGINT, requests in flight get this long to be answered (waiting acquires are
+answered 503 at once); then the connections are cut and the engine stops."""

@@ -139,7 +139,7 @@ def _drain_on_sigterm(engine: Engine) -> None:
 
     The HTTP server waits for every open request before it runs the app's shutdown, and a
     blocking acquire may legitimately stay open for max_wait_ms: draining the engine first
-    lets those requests end now with a retryable answer. granian handles SIGINT and
+    lets those requests end now with a retryable answer. The server stops on SIGINT and
     SIGTERM alike, so handing on SIGINT keeps its graceful path. Only in the main thread
     of a process whose loop supports signal handlers (not, say, under a test client).
     """

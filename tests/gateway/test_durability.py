@@ -1,4 +1,4 @@
-"""Limit state and runtime policies survive kill -9 of the whole node (granian, worker, Valkey)."""
+"""Limit state and runtime policies survive kill -9 of the whole node (the server and its Valkey)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Black-box fixtures: the server started exactly as a user starts it, over a real socket.
 
-`python -m lockgate_server` runs in its own session (process group), so the granian
-parent, its worker and the embedded Valkey child can be signalled together:
+`python -m lockgate_server` runs in its own session (process group), so the server
+and the embedded Valkey child can be signalled together:
 `os.killpg(pgid, SIGKILL)` is a whole-node crash, `SIGTERM` a polite stop.
 """
 

@@ -1,4 +1,4 @@
-"""A lease survives kill -9 of the whole node (granian, worker, embedded Valkey)."""
+"""A lease survives kill -9 of the whole node (the server and its embedded Valkey)."""
 
 from __future__ import annotations
 
