@@ -18,14 +18,17 @@ from .errors import (
     LeaseLost,
     LockgateError,
     LockHeld,
+    MethodNotAllowed,
     NotFound,
     NotOwner,
     OutcomeUnknown,
     PayloadTooLarge,
+    QuotaExceeded,
     Timeout,
     TransportError,
     Unauthorized,
     Unavailable,
+    UnexpectedResponse,
 )
 from .fence import FenceGuard, StaleToken
 
@@ -46,10 +49,12 @@ __all__ = [
     "LockHeld",
     "LockStatus",
     "LockgateError",
+    "MethodNotAllowed",
     "NotFound",
     "NotOwner",
     "OutcomeUnknown",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RateLimitDecision",
     "RetryPolicy",
     "StaleToken",
@@ -58,4 +63,5 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "UnexpectedResponse",
 ]

@@ -13,7 +13,18 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import _core, errors
-from ._core import Call, Lease, LeaseKeeper, Response, RetryPolicy, Send, Sleep, Timeouts
+from ._core import (
+    Call,
+    CompareAndSet,
+    Lease,
+    LeaseKeeper,
+    LockStatus,
+    RateLimitDecision,
+    Response,
+    RetryPolicy,
+    Send,
+    Timeouts,
+)
 
 T = TypeVar("T")
 
@@ -28,6 +39,20 @@ class _Connection:
     def close(self) -> None:
         self.writer.close()
 
+    def is_stale(self) -> bool:
+        """Closed by the server while idle (its keep-alive timeout, a restart), or holding bytes
+        nobody asked for. The loop reads idle sockets, so a FIN or RST has already landed here."""
+        unread = len(getattr(self.reader, "_buffer", b""))  # StreamReader has no public peek
+        return self.writer.is_closing() or self.reader.at_eof() or unread > 0 or self.reader.exception() is not None
+
+
+class _StaleConnection(Exception):
+    """A reused connection failed before any byte of the answer: the server had closed it."""
+
+
+# What a connection the server closed raises when we write to it or wait for the answer.
+_CLOSED_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
 
 class AsyncTransport:
     """A small HTTP/1.1 keep-alive client on asyncio streams.
@@ -37,9 +62,7 @@ class AsyncTransport:
     subset we need (Content-Length or chunked answers, keep-alive) is small.
     """
 
-    def __init__(
-        self, base_url: str, api_key: str | None, timeouts: Timeouts, max_connections: int, node: int = 0
-    ) -> None:
+    def __init__(self, base_url: str, api_key: str | None, max_connections: int, node: int = 0) -> None:
         self.node = node
         parts = urlsplit(base_url)
         if parts.scheme != "http":
@@ -48,38 +71,63 @@ class AsyncTransport:
         self._port = parts.port or 80
         self._host_header = parts.netloc
         self._api_key = api_key
-        self._timeouts = timeouts
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self.requests_sent = 0
 
-    async def request(self, method: str, path: str, body: bytes, timeout: float) -> Response:
+    async def request(self, method: str, path: str, body: bytes, timeout: float, connect_timeout: float) -> Response:
         """One request; `timeout` bounds all of it: waiting for a connection, connecting, answering."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._request(method, path, body, min(timeout, self._timeouts.connect))
+                return await self._request(method, path, body, min(timeout, connect_timeout))
         except TimeoutError as error:
             raise errors.TransportError(f"{method} {path}: no answer within {timeout:.3f} s") from error
 
     async def _request(self, method: str, path: str, body: bytes, connect_timeout: float) -> Response:
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect(connect_timeout)
-            try:
-                head = _core.request_head(method, path, self._host_header, len(body), self._api_key)
-                connection.writer.write(head + body)
-                self.requests_sent += 1
-                status, keep_alive, relayed, data = await _read_response(connection.reader)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
-                connection.close()
-                raise errors.TransportError(f"{method} {path}: {error!r}") from error
-            except BaseException:
-                connection.close()  # cancelled mid-request: the connection's state is unknown
-                raise
-            if keep_alive:
-                self._idle.append(connection)
-            else:
-                connection.close()
-        return Response(status, _core.decode_body(data), self.node, relayed)
+            while True:  # ends: every stale connection is taken out of the pool, then a fresh one is opened
+                connection = self._checkout()
+                reused = connection is not None
+                if connection is None:
+                    connection = await self._connect(connect_timeout)
+                try:
+                    return await self._exchange(connection, method, path, body, reused)
+                except _StaleConnection:
+                    continue  # not an attempt: the same request (and request_id) on another connection
+
+    def _checkout(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.is_stale():
+                return connection
+            connection.close()
+        return None
+
+    async def _exchange(self, connection: _Connection, method: str, path: str, body: bytes, reused: bool) -> Response:
+        answer_started = False
+        try:
+            request = _core.request_head(method, path, self._host_header, len(body), self._api_key)
+            connection.writer.write(request + body)
+            self.requests_sent += 1
+            head = await connection.reader.readuntil(b"\r\n\r\n")
+            answer_started = True
+            status, keep_alive, relayed, content_type, data = await _read_response(connection.reader, head)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
+            connection.close()
+            nothing_came = isinstance(error, _CLOSED_ERRORS) or (
+                isinstance(error, asyncio.IncompleteReadError) and not error.partial
+            )
+            if reused and not answer_started and nothing_came:
+                raise _StaleConnection from error
+            raise errors.TransportError(f"{method} {path}: {error!r}") from error
+        except BaseException:
+            connection.close()  # cancelled mid-request: the connection's state is unknown
+            raise
+        if keep_alive:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return Response(status, _core.decode_body(data, content_type), self.node, relayed)
 
     async def _connect(self, timeout: float) -> _Connection:
         try:
@@ -98,36 +146,34 @@ class AsyncTransport:
 class AsyncNodes:
     """Transports to every node of a deployment, used one at a time (see `_core.Nodes`)."""
 
-    def __init__(self, urls: list[str], api_key: str | None, timeouts: Timeouts, max_connections: int) -> None:
-        self._transports = [
-            AsyncTransport(url, api_key, timeouts, max_connections, node) for node, url in enumerate(urls)
-        ]
+    def __init__(self, urls: list[str], api_key: str | None, max_connections: int) -> None:
+        self._transports = [AsyncTransport(url, api_key, max_connections, node) for node, url in enumerate(urls)]
         self._nodes = _core.Nodes(len(urls))
 
     @property
     def requests_sent(self) -> int:
         return sum(transport.requests_sent for transport in self._transports)
 
-    async def request(self, method: str, path: str, body: bytes, timeout: float) -> Response:
+    async def request(self, method: str, path: str, body: bytes, timeout: float, connect_timeout: float) -> Response:
         index = self._nodes.current
         try:
-            return self._nodes.answered(await self._transports[index].request(method, path, body, timeout))
+            answer = await self._transports[index].request(method, path, body, timeout, connect_timeout)
         except errors.TransportError:
             self._nodes.move_on(index)
             raise
+        return self._nodes.answered(answer)
 
-    def failed(self, node: int) -> None:
-        """`node` answered 503 (the whole request or one op of a batch): try the next one."""
-        self._nodes.move_on(node)
+    def answered(self, response: Response) -> None:
+        """One op of a batch answered: a 503 for it moves on, like a 503 for a whole request."""
+        self._nodes.answered(response)
 
     async def close(self) -> None:
         for transport in self._transports:
             await transport.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bool, bytes]:
-    """(status, keep-alive, relayed by a standby, body)."""
-    head = await reader.readuntil(b"\r\n\r\n")
+async def _read_response(reader: asyncio.StreamReader, head: bytes) -> tuple[int, bool, bool, str, bytes]:
+    """(status, keep-alive, relayed by a standby, content type, body) of the answer whose head was read."""
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
     headers = {}
@@ -137,31 +183,39 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bool,
             headers[key.strip().lower()] = value.strip()
     keep_alive = headers.get("connection", "").lower() != "close"
     relayed = _core.RELAYED_BY in headers
+    content_type = headers.get("content-type", _core.MSGPACK)
     if "content-length" in headers:
-        return status, keep_alive, relayed, await reader.readexactly(int(headers["content-length"]))
+        return status, keep_alive, relayed, content_type, await reader.readexactly(int(headers["content-length"]))
     if headers.get("transfer-encoding", "").lower() == "chunked":
         chunks: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
             chunk = await reader.readexactly(size + 2)
             if size == 0:
-                return status, keep_alive, relayed, b"".join(chunks)
+                return status, keep_alive, relayed, content_type, b"".join(chunks)
             chunks.append(chunk[:-2])
-    return status, False, relayed, await reader.read()
+    return status, False, relayed, content_type, await reader.read()
+
+
+_Item = tuple[Send, "asyncio.Future[Response]"]
 
 
 class _Batcher:
-    """Calls made in the same event-loop tick leave as one /v1/batch request."""
+    """Calls made in the same event-loop tick leave as one /v1/batch request.
+
+    Each caller waits for its own answer under its own deadline (see `AsyncClient._send`); the
+    batch request itself may take as long as the most patient of them.
+    """
 
     def __init__(self, transport: AsyncNodes, max_ops: int) -> None:
         self._transport = transport
         self._max_ops = max_ops
-        self._queue: list[tuple[Call[Any], float, asyncio.Future[Response]]] = []
+        self._queue: list[_Item] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, call: Call[Any], read_timeout: float) -> asyncio.Future[Response]:
+    def submit(self, send: Send) -> asyncio.Future[Response]:
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._queue.append((call, read_timeout, future))
+        self._queue.append((send, future))
         if len(self._queue) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
         elif len(self._queue) >= self._max_ops:
@@ -175,30 +229,45 @@ class _Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, items: list[tuple[Call[Any], float, asyncio.Future[Response]]]) -> None:
-        timeout = max(read_timeout for _, read_timeout, _ in items)
+    async def _send(self, items: list[_Item]) -> None:
+        items = [item for item in items if not item[1].done()]  # callers that gave up already
+        if not items:
+            return
+        timeout = max(send.timeout for send, _ in items)
+        connect_timeout = max(send.connect_timeout for send, _ in items)
         try:
             if len(items) == 1:
-                call = items[0][0]
-                responses = [await self._transport.request(call.method, call.path, call.encoded_body(), timeout)]
+                call = items[0][0].call
+                body = call.encoded_body()
+                responses = [await self._transport.request(call.method, call.path, body, timeout, connect_timeout)]
             else:
-                body = _core.encode_batch([call for call, _, _ in items])
-                response = await self._transport.request("POST", "/v1/batch", body, timeout)
+                body = _core.encode_batch([send.call for send, _ in items])
+                response = await self._transport.request("POST", "/v1/batch", body, timeout, connect_timeout)
+                if response.status == 413:  # more bytes than the server takes in one body: halve it
+                    self._max_ops = max(1, min(self._max_ops, len(items) // 2))
+                    half = len(items) // 2
+                    await asyncio.gather(self._send(items[:half]), self._send(items[half:]))
+                    return
                 responses = _core.split_batch(response, len(items))
+                for each in responses:
+                    self._transport.answered(each)
         except BaseException as error:  # every caller in the batch learns the same failure
-            for _, _, future in items:
+            for _, future in items:
                 if not future.done():
                     future.set_exception(error)
             if not isinstance(error, Exception):
                 raise
             return
-        for (_, _, future), response in zip(items, responses, strict=True):
+        for (_, future), response in zip(items, responses, strict=True):
             if not future.done():
                 future.set_result(response)
 
 
 class AsyncClient:
-    """Async Lockgate client. Use `async with AsyncClient(...) as lg:` or call `aclose()`."""
+    """Async Lockgate client. Use `async with AsyncClient(...) as lg:` or call `aclose()`.
+
+    Every call takes `timeouts=` to override the client's `Timeouts` for that call alone.
+    """
 
     def __init__(
         self,
@@ -217,7 +286,7 @@ class AsyncClient:
         self.namespace = namespace
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
-        self._transport = AsyncNodes(_core.node_urls(url), api_key, self.timeouts, max_connections)
+        self._transport = AsyncNodes(_core.node_urls(url), api_key, max_connections)
         self._batcher = _Batcher(self._transport, max_batch_ops) if batching else None
         self._rng = random.Random()
 
@@ -233,38 +302,38 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the pooled connections."""
         await self._transport.close()
 
     async def run(self, call: Call[T], *, timeouts: Timeouts | None = None) -> T:
-        """Send one call with retries; every public method ends here."""
-        timeouts = timeouts or self.timeouts
+        """Send one call with retries (decided by `_core.Attempts`); every public method ends here."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.total
-        steps = _core.drive(call, self.retry, timeouts, self._rng)
-        action = next(steps)
-        try:
-            while True:
-                if isinstance(action, Sleep):
-                    await asyncio.sleep(min(action.seconds, max(0.0, deadline - loop.time())))
-                    action = steps.send(None)
-                    continue
-                assert isinstance(action, Send)
-                try:
-                    read_timeout = _core.time_left(action.read_timeout, deadline, loop.time())
-                    response = await self._send(action.call, read_timeout)
-                except errors.TransportError as error:
-                    action = steps.throw(error)
-                    continue
-                if response.status == 503:
-                    self._transport.failed(response.node)
-                action = steps.send(response)
-        except StopIteration as finished:
-            return finished.value  # type: ignore[no-any-return]
+        attempts = _core.Attempts(call, self.retry, timeouts or self.timeouts, self._rng, loop.time())
+        while True:
+            send = attempts.send(loop.time())
+            try:
+                response = await self._send(send)
+            except errors.TransportError as error:
+                step: _core.Done[T] | _core.Sleep = attempts.failed(error, loop.time())
+            else:
+                step = attempts.answered(response, loop.time())
+            if isinstance(step, _core.Done):
+                return step.value
+            await asyncio.sleep(step.seconds)
 
-    async def _send(self, call: Call[Any], read_timeout: float) -> Response:
-        if self._batcher is not None and call.batchable:
-            return await self._batcher.submit(call, read_timeout)
-        return await self._transport.request(call.method, call.path, call.encoded_body(), read_timeout)
+    async def _send(self, send: Send) -> Response:
+        call = send.call
+        if self._batcher is None or not call.batchable:
+            return await self._transport.request(
+                call.method, call.path, call.encoded_body(), send.timeout, send.connect_timeout
+            )
+        future = self._batcher.submit(send)
+        try:
+            # Our own deadline, not the batch's: it may carry calls that are allowed longer.
+            async with asyncio.timeout(send.timeout):
+                return await future
+        except TimeoutError as error:
+            raise errors.TransportError(f"{call.method} {call.path}: no answer within {send.timeout:.3f} s") from error
 
     # --- the API -----------------------------------------------------------------------------
     def lock(
@@ -277,10 +346,16 @@ class AsyncClient:
         auto_renew: bool = True,
         cancel_on_loss: bool = False,
         on_lost: Callable[[Lease], None] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> AsyncLeaseContext:
-        """`async with lg.lock("name", ttl=10) as lease:` — waits up to `wait` seconds, renews in the background."""
+        """`async with lg.lock("name", ttl=10) as lease:` — waits up to `wait` seconds, renews in the background.
+
+        `on_lost(lease)` is called if renewal fails for good; with `cancel_on_loss` the guarded
+        task is cancelled too and the `async with` raises LeaseLost. `timeouts` apply to the
+        acquire and the release.
+        """
         return AsyncLeaseContext(self, "lock", name, ttl=ttl, wait=wait, holder=holder, auto_renew=auto_renew,
-                                 cancel_on_loss=cancel_on_loss, on_lost=on_lost)  # fmt: skip
+                                 cancel_on_loss=cancel_on_loss, on_lost=on_lost, timeouts=timeouts)  # fmt: skip
 
     def semaphore(
         self,
@@ -294,62 +369,92 @@ class AsyncClient:
         auto_renew: bool = True,
         cancel_on_loss: bool = False,
         on_lost: Callable[[Lease], None] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> AsyncLeaseContext:
+        """`async with lg.semaphore("name", limit=4) as lease:` — `permits` of `limit`, else as `lock()`."""
         return AsyncLeaseContext(self, "semaphore", name, ttl=ttl, wait=wait, holder=holder, limit=limit,
                                  permits=permits, auto_renew=auto_renew, cancel_on_loss=cancel_on_loss,
-                                 on_lost=on_lost)  # fmt: skip
+                                 on_lost=on_lost, timeouts=timeouts)  # fmt: skip
 
-    async def lock_status(self, name: str, *, kind: str = "lock") -> _core.LockStatus:
-        return await self.run(_core.status_call(self.namespace, kind, name))
+    async def lock_status(self, name: str, *, kind: str = "lock", timeouts: Timeouts | None = None) -> LockStatus:
+        """The state of a lock (or, with kind="semaphore", a semaphore), without changing it."""
+        return await self.run(_core.status_call(self.namespace, kind, name), timeouts=timeouts)
 
-    async def release(self, lease: Lease) -> bool:
-        """Release a lease; False (not an error) if it had already expired or been released."""
+    async def release(self, lease: Lease, *, timeouts: Timeouts | None = None) -> bool:
+        """Release a lease and stop its renewal; False (not an error) if it had already expired or been released."""
+        lease.releasing = True
         try:
-            released = await self.run(_core.release_call(lease))
+            released = await self.run(_core.release_call(lease), timeouts=timeouts)
         except errors.NotOwner:
             released = False
         lease.released = True
         return released
 
     async def renew(self, lease: Lease, ttl: float | None = None, *, timeouts: Timeouts | None = None) -> None:
+        """Extend a lease to `ttl` seconds from now (its own TTL by default); NotOwner if it is gone."""
         lease.ttl = await self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
 
     async def rate_limit(
-        self, key: str, *, limit: int, per: float, cost: int = 1, burst: int | None = None, algorithm: str = "gcra"
-    ) -> _core.RateLimitDecision:
+        self,
+        key: str,
+        *,
+        limit: int,
+        per: float,
+        cost: int = 1,
+        burst: int | None = None,
+        algorithm: str = "gcra",
+        timeouts: Timeouts | None = None,
+    ) -> RateLimitDecision:
         """Check and consume `cost` against `limit` per `per` seconds; cost=0 peeks."""
         call = _core.rate_limit_call(self.namespace, key, limit=limit, per=per, cost=cost, burst=burst,
                                      algorithm=algorithm)  # fmt: skip
-        return await self.run(call)
+        return await self.run(call, timeouts=timeouts)
 
-    async def reset_rate_limit(self, key: str) -> None:
-        await self.run(_core.rate_limit_reset_call(self.namespace, key))
+    async def reset_rate_limit(self, key: str, *, timeouts: Timeouts | None = None) -> None:
+        """Forget what `key` has consumed: it is full again."""
+        await self.run(_core.rate_limit_reset_call(self.namespace, key), timeouts=timeouts)
 
     def counter(self, name: str) -> AsyncCounter:
+        """A handle on the counter `name` (nothing is sent until you call a method)."""
         return AsyncCounter(self, name)
 
-    async def fence_check(self, name: str, token: int, *, kind: str = "lock") -> bool:
+    async def fence_check(self, name: str, token: int, *, kind: str = "lock", timeouts: Timeouts | None = None) -> bool:
         """Is `token` the current fencing token of the lock (or a live semaphore lease)?"""
-        return await self.run(_core.fence_check_call(self.namespace, kind, name, token))
+        return await self.run(_core.fence_check_call(self.namespace, kind, name, token), timeouts=timeouts)
 
 
 class AsyncCounter:
+    """A durable integer counter; every change is applied exactly once, even when retried."""
+
     def __init__(self, client: AsyncClient, name: str) -> None:
         self._client = client
         self.name = name
 
-    async def get(self) -> int:
-        return await self._client.run(_core.counter_get_call(self._client.namespace, self.name))
+    async def get(self, *, timeouts: Timeouts | None = None) -> int:
+        """The current value (0 for a counter never written)."""
+        return await self._client.run(_core.counter_get_call(self._client.namespace, self.name), timeouts=timeouts)
 
-    async def add(self, delta: int = 1, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    async def add(
+        self,
+        delta: int = 1,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> int:
+        """Add `delta` and return the new value; Conflict if it would leave [minimum, maximum]."""
         call = _core.counter_add_call(self._client.namespace, self.name, delta, minimum=minimum, maximum=maximum)
-        return await self._client.run(call)
+        return await self._client.run(call, timeouts=timeouts)
 
-    async def set(self, value: int) -> int:
-        return await self._client.run(_core.counter_set_call(self._client.namespace, self.name, value))
+    async def set(self, value: int, *, timeouts: Timeouts | None = None) -> int:
+        """Set the value; returns it."""
+        call = _core.counter_set_call(self._client.namespace, self.name, value)
+        return await self._client.run(call, timeouts=timeouts)
 
-    async def compare_and_set(self, expected: int, value: int) -> _core.CompareAndSet:
-        return await self._client.run(_core.counter_cas_call(self._client.namespace, self.name, expected, value))
+    async def compare_and_set(self, expected: int, value: int, *, timeouts: Timeouts | None = None) -> CompareAndSet:
+        """Set `value` only if the counter holds `expected`; says whether it swapped, and the value now."""
+        call = _core.counter_cas_call(self._client.namespace, self.name, expected, value)
+        return await self._client.run(call, timeouts=timeouts)
 
 
 class AsyncLeaseContext:
@@ -369,6 +474,7 @@ class AsyncLeaseContext:
         auto_renew: bool = True,
         cancel_on_loss: bool = False,
         on_lost: Callable[[Lease], None] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self._client = client
         # A fresh call (and request_id) per acquire: re-entering must not replay an old grant.
@@ -377,6 +483,7 @@ class AsyncLeaseContext:
         self._auto_renew = auto_renew
         self._cancel_on_loss = cancel_on_loss
         self._on_lost = on_lost
+        self._timeouts = timeouts
         self._renewer: asyncio.Task[None] | None = None
         self._guarded: asyncio.Task[Any] | None = None
         self._cancelled_by_us = False
@@ -388,9 +495,10 @@ class AsyncLeaseContext:
             raise RuntimeError("this lease is still held: release it before acquiring again")
         self._cancelled_by_us = False
         sent_at = time.monotonic()
-        self.lease = await self._client.run(self._new_call())
+        self.lease = await self._client.run(self._new_call(), timeouts=self._timeouts)
         if self._auto_renew:
-            keeper = LeaseKeeper(self.lease, confirmed_at=sent_at, on_lost=self._on_lost)
+            keeper = LeaseKeeper(self.lease, sent_at=sent_at, answered_at=time.monotonic(),
+                                 timeouts=self._client.timeouts, on_lost=self._on_lost)  # fmt: skip
             self._renewer = asyncio.ensure_future(self._keep(keeper))
         return self.lease
 
@@ -401,33 +509,52 @@ class AsyncLeaseContext:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        await self.release()
-        if self._cancelled_by_us and exc_type is asyncio.CancelledError and self._guarded is not None:
-            self._guarded.uncancel()
-            raise errors.LeaseLost("the lease was lost; the guarded block was cancelled") from exc
+        cancelled: BaseException | None = exc if exc_type is asyncio.CancelledError else None
+        try:
+            await self.release()  # after a loss: brief, and never raises a LockgateError
+        except asyncio.CancelledError as late:
+            if not self._cancelled_by_us:
+                raise
+            cancelled = late  # our cancel landed after the block ended, during the release
+        if self._cancelled_by_us and cancelled is not None and self._guarded is not None:
+            # Take back the cancel we made, as asyncio.timeout does; one from elsewhere still stands.
+            if self._guarded.uncancel() == 0:
+                raise errors.LeaseLost("the lease was lost; the guarded block was cancelled") from cancelled
+            raise cancelled
 
     async def release(self) -> None:
+        """Stop renewing and release. A lost lease is released briefly, and never raises."""
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
-        if self.lease is not None and not self.lease.released:
-            await self._client.release(self.lease)
+        lease = self.lease
+        if lease is None or lease.released:
+            return
+        if not lease.lost:
+            await self._client.release(lease, timeouts=self._timeouts)
+            return
+        # Known lost: the server may be away (that may be why), and the caller learns of the loss anyway.
+        timeouts = _core.release_timeouts_after_loss(self._timeouts or self._client.timeouts)
+        with contextlib.suppress(errors.LockgateError):
+            await self._client.release(lease, timeouts=timeouts)
 
     async def _keep(self, keeper: LeaseKeeper) -> None:
-        lease = keeper.lease
-        while not lease.released:
-            await asyncio.sleep(keeper.next_delay(time.monotonic()))
-            sent_at = time.monotonic()
-            try:
-                await self._client.renew(lease, timeouts=keeper.renewal_timeouts(self._client.timeouts, sent_at))
-            except errors.LockgateError as error:
-                if keeper.failed(error, time.monotonic()):
-                    if self._cancel_on_loss and self._guarded is not None and not self._guarded.done():
-                        self._cancelled_by_us = True
-                        self._guarded.cancel()
-                    return
-                await asyncio.sleep(keeper.retry_delay())
-                continue
-            keeper.renewed(sent_at)
+        """Do what the keeper says: sleep, renew, or stop (cancelling the guarded task on loss if asked)."""
+        while True:
+            step = keeper.next(time.monotonic())
+            if isinstance(step, _core.Wait):
+                await asyncio.sleep(step.seconds)
+            elif isinstance(step, _core.Renew):
+                try:
+                    ttl = await self._client.run(_core.renew_call(keeper.lease), timeouts=step.timeouts)
+                except errors.LockgateError as error:
+                    keeper.renewal_failed(error, time.monotonic())
+                else:
+                    keeper.renewed(ttl)
+            else:
+                if step.lost and self._cancel_on_loss and self._guarded is not None and not self._guarded.done():
+                    self._cancelled_by_us = True
+                    self._guarded.cancel()
+                return

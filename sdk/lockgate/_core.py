@@ -1,17 +1,20 @@
 """The I/O-free core shared by the sync and async clients.
 
 It builds requests, parses answers into results or typed errors, and decides retries and
-renewals. The shells only move bytes and sleep: `drive()` is a generator that yields
-`Send` and `Sleep` actions and receives the answers, so the retry logic exists once.
+renewals. The shells only move bytes and sleep: `Attempts` says what to send, how long it
+may take and how long to sleep before the next attempt; `LeaseKeeper` says when to renew a
+lease and when it is lost. Neither reads a clock: the shells pass `now` in, so the same
+policy drives the async and the blocking client.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -26,16 +29,21 @@ RELAYED_BY = "lockgate-forwarded-by"
 """Set on an answer that a standby relayed from the active node."""
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
+_json_decoder = msgspec.json.Decoder()
+# The one side effect of the core: a user's on_lost callback that raises is logged, because
+# the renewer that called it must carry on (and the caller's block must still be released).
+_log = logging.getLogger("lockgate")
 
 # Problem `type` URIs the server answers with, mapped to our exception classes.
 PROBLEM_TYPES: dict[str, type[errors.LockgateError]] = {
     "held": errors.LockHeld,
     "not-owner": errors.NotOwner,
+    "quota-exceeded": errors.QuotaExceeded,
     "conflict": errors.Conflict,
     "invalid-request": errors.InvalidRequest,
     "malformed": errors.InvalidRequest,
     "not-found": errors.NotFound,
-    "method-not-allowed": errors.InvalidRequest,
+    "method-not-allowed": errors.MethodNotAllowed,
     "unauthorized": errors.Unauthorized,
     "forbidden": errors.Forbidden,
     "too-large": errors.PayloadTooLarge,
@@ -58,10 +66,13 @@ class Lease:
     permits: int = 1
     lost: bool = False
     released: bool = False
+    releasing: bool = False  # a release was sent: renewal stops, and its failures mean nothing
 
 
 @dataclass(frozen=True)
 class RateLimitDecision:
+    """The answer of a rate-limit check; true when allowed."""
+
     allowed: bool
     limit: int
     remaining: int
@@ -74,6 +85,8 @@ class RateLimitDecision:
 
 @dataclass(frozen=True)
 class LockStatus:
+    """A lock's or semaphore's state as the server sees it (`remaining` in seconds)."""
+
     held: bool
     holder: str | None
     token: int | None
@@ -85,6 +98,8 @@ class LockStatus:
 
 @dataclass(frozen=True)
 class CompareAndSet:
+    """The answer of a counter's compare-and-set: whether it swapped, and the value now."""
+
     swapped: bool
     value: int
 
@@ -92,7 +107,9 @@ class CompareAndSet:
 # --- timeouts and retries -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Timeouts:
-    """Every wait is finite. `read` is per answer; a blocking acquire adds its wait to it."""
+    """Every wait is finite, in seconds. `connect` bounds opening a connection, `read` one
+    answer, `total` the whole call with its retries. A blocking acquire adds its `wait` to
+    both `read` and `total`: the wait the caller asked for is never cut short by them."""
 
     connect: float = 2.0
     read: float = 10.0
@@ -113,6 +130,7 @@ class RetryPolicy:
     max_delay: float = 1.0
 
     def delay(self, attempt: int, error: errors.LockgateError, rng: random.Random) -> float:
+        """Seconds to sleep before retry number `attempt + 1` (at least what the server asked)."""
         ceiling = min(self.max_delay, self.base_delay * (2**attempt))
         jittered = rng.uniform(0, ceiling)
         if error.retry_after is not None:
@@ -150,8 +168,8 @@ class Nodes:
             self.current = (index + 1) % self.count
 
     def answered(self, response: Response) -> Response:
-        """Use the answer; if a standby relayed it, the next call tries the next node."""
-        if response.relayed:
+        """Use the answer; after a 503, or if a standby relayed it, the next call tries the next node."""
+        if response.relayed or response.status == 503:
             self.move_on(response.node)
         return response
 
@@ -168,7 +186,7 @@ class Call(Generic[T]):
     operation: str  # the batch op name, e.g. "locks.acquire"
     namespace: str
     name: str | None
-    read_timeout_extra: float = 0.0  # a blocking acquire may legitimately take this long
+    wait: float = 0.0  # seconds a blocking acquire may wait in line: added to read and total
     batchable: bool = True
 
     def encoded_body(self) -> bytes:
@@ -186,27 +204,27 @@ class Call(Generic[T]):
 @dataclass(frozen=True)
 class Response:
     status: int
-    payload: Any  # decoded body
+    payload: Any  # decoded body, or an `Undecodable`
     node: int = 0  # which of the client's nodes answered
     relayed: bool = False  # a standby relayed the request to the active node
 
 
 @dataclass(frozen=True)
-class Send:
-    call: Call[Any]
-    read_timeout: float
+class Undecodable:
+    """A body that is neither msgpack nor JSON, e.g. an HTML error page from a proxy."""
+
+    excerpt: bytes
 
 
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-Action = Send | Sleep
-
-
-def decode_body(data: bytes) -> Any:
-    return _decoder.decode(data) if data else None
+def decode_body(data: bytes, content_type: str = MSGPACK) -> Any:
+    """The body as Python values; never raises (what cannot be decoded is `Undecodable`)."""
+    if not data:
+        return None
+    try:
+        # A few answers (a 404 from the router, say) are problem+json whatever we accept.
+        return _json_decoder.decode(data) if "json" in content_type else _decoder.decode(data)
+    except msgspec.DecodeError:
+        return Undecodable(data[:200])
 
 
 def encode_batch(calls: list[Call[Any]]) -> bytes:
@@ -217,16 +235,31 @@ def split_batch(response: Response, count: int) -> list[Response]:
     """The batch answer, one Response per op, or the whole batch's error for each."""
     if response.status != 200:
         return [response] * count
-    items = response.payload["results"]
-    node = response.node
-    return [
-        Response(item["status"], item.get("body") if item["status"] == 200 else item.get("problem"), node)
-        for item in items
-    ]
+    try:
+        items = response.payload["results"]
+        answers = [
+            Response(item["status"], item.get("body") if item["status"] == 200 else item.get("problem"), response.node)
+            for item in items
+        ]
+    except (KeyError, TypeError) as error:
+        answers = [Response(response.status, Undecodable(repr(error).encode()), response.node)] * count
+    if len(answers) != count:
+        return [Response(response.status, Undecodable(b"a batch answer of the wrong length"), response.node)] * count
+    return answers
+
+
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+"""What a proxy in front of the server answers when the server is away: worth a retry."""
 
 
 def error_from(response: Response) -> errors.LockgateError:
-    payload = response.payload if isinstance(response.payload, dict) else {}
+    """The typed error for an answer that is not a 200."""
+    error_type: type[errors.LockgateError] | None
+    if not isinstance(response.payload, dict):  # not a problem document: a proxy's page, say
+        error_type = errors.Unavailable if response.status in GATEWAY_STATUSES else errors.UnexpectedResponse
+        excerpt = response.payload.excerpt if isinstance(response.payload, Undecodable) else b""
+        return error_type(f"HTTP {response.status} {excerpt[:80]!r}", status=response.status)
+    payload = response.payload
     slug = str(payload.get("type", "")).rsplit("/", 1)[-1]
     error_type = PROBLEM_TYPES.get(slug)
     if error_type is None:
@@ -239,32 +272,81 @@ def error_from(response: Response) -> errors.LockgateError:
     )
 
 
-def drive(
-    call: Call[T], policy: RetryPolicy, timeouts: Timeouts, rng: random.Random
-) -> Generator[Action, Response | None, T]:
-    """The retry loop. Send `Send`'s answer back (or throw a TransportError into it)."""
-    attempt = 0
-    while True:
+def result_from(call: Call[T], response: Response) -> T:
+    """The call's result from its answer, or the typed error it stands for."""
+    if response.status != 200:
+        raise error_from(response)
+    if isinstance(response.payload, Undecodable):
+        raise errors.UnexpectedResponse(f"HTTP 200 that is not msgpack: {response.payload.excerpt[:80]!r}", status=200)
+    try:
+        return call.parse(response.payload)
+    except (KeyError, TypeError, ValueError) as error:
+        raise errors.UnexpectedResponse(f"HTTP 200 of an unexpected shape: {error!r}", status=200) from error
+
+
+# --- the retry policy of one call -------------------------------------------------------------
+@dataclass(frozen=True)
+class Send:
+    """Send `call` once; `timeout` bounds all of it (a free connection, connecting, the answer)."""
+
+    call: Call[Any]
+    timeout: float
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Sleep, then ask `Attempts.send` again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    """The call succeeded with `value`."""
+
+    value: T
+
+
+class Attempts(Generic[T]):
+    """One call's attempts: what to send, whether to retry, how long to back off, when to stop.
+
+    The shells drive it: `send(now)`, do the I/O, then `answered(response, now)` or
+    `failed(error, now)`, which give `Done` or `Sleep` or raise the error to give up with.
+    Every attempt reuses the call, so every retry carries the same request_id.
+    """
+
+    def __init__(self, call: Call[T], policy: RetryPolicy, timeouts: Timeouts, rng: random.Random, now: float) -> None:
+        self.call = call
+        self._policy = policy
+        self._timeouts = timeouts
+        self._rng = rng
+        self._attempt = 0
+        # The wait the caller asked for comes on top of `total`, or a long wait could never end in LockHeld.
+        self.deadline = now + timeouts.total + call.wait
+
+    def send(self, now: float) -> Send:
+        left = self.deadline - now
+        if left <= 0:
+            raise errors.TransportError("the call's total timeout passed")
+        read = self._timeouts.read + self.call.wait
+        return Send(self.call, min(read, left), min(self._timeouts.connect, left))
+
+    def answered(self, response: Response, now: float) -> Done[T] | Sleep:
         try:
-            response = yield Send(call, timeouts.read + call.read_timeout_extra)
-            assert response is not None
-            if response.status == 200:
-                return call.parse(response.payload)
-            error = error_from(response)
-        except errors.TransportError as transport_error:
-            error = transport_error
-        attempt += 1
-        if not error.retryable or attempt >= policy.attempts:
+            return Done(result_from(self.call, response))
+        except errors.LockgateError as error:
+            return self.failed(error, now)
+
+    def failed(self, error: errors.LockgateError, now: float) -> Sleep:
+        """Back off before the next attempt, or raise `error` when there is none."""
+        self._attempt += 1
+        if not error.retryable or self._attempt >= self._policy.attempts:
             raise error
-        yield Sleep(policy.delay(attempt - 1, error, rng))
-
-
-def time_left(read_timeout: float, deadline: float, now: float) -> float:
-    """The read timeout for the next attempt, never past the call's total deadline."""
-    left = deadline - now
-    if left <= 0:
-        raise errors.TransportError("the call's total timeout passed")
-    return min(read_timeout, left)
+        delay = self._policy.delay(self._attempt - 1, error, self._rng)
+        if now + delay >= self.deadline:
+            raise error  # no time left for another attempt: the caller learns why now, not at the deadline
+        return Sleep(delay)
 
 
 def request_head(method: str, path: str, host: str, body_length: int, api_key: str | None) -> bytes:
@@ -354,7 +436,7 @@ def acquire_call(
         f"{collection}.acquire",
         namespace,
         name,
-        read_timeout_extra=wait,
+        wait=wait,
         batchable=wait <= 0,  # a waiting acquire would hold up the whole batch
     )
 
@@ -484,47 +566,108 @@ def fence_check_call(namespace: str, kind: str, name: str, token: int) -> Call[b
 
 
 # --- renewal policy ----------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
+class Wait:
+    """Sleep this long (or until told to stop), then ask `LeaseKeeper.next` again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Renew:
+    """Renew the lease once, within `timeouts`; report to `renewed` or `renewal_failed`."""
+
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Renewal is over: the lease was released (`lost` false) or is lost."""
+
+    lost: bool
+
+
+RenewalStep = Wait | Renew | Stop
+
+
 class LeaseKeeper:
     """When to renew a lease, and when to give it up as lost.
 
-    Renew at a third of the TTL. A failed renewal is retried sooner, but once the lease's
-    TTL has run out since the last confirmed renewal (by our own monotonic clock, started
-    before the request was sent, so we err on the early side) it is lost.
+    The lease is safe until `expires_by`: the send time of the last request that set its
+    expiry (the grant or a renewal) plus the TTL, by our own monotonic clock. The server set
+    the expiry no earlier than that send time, so this bound errs on the early side. Renewal
+    runs at a third of the TTL; a failed one is retried sooner; a refused one (NotOwner...),
+    or one still failing at `expires_by`, means the lease is lost.
+
+    A grant that came after a long wait in line may arrive past its own bound (the acquire was
+    sent before the wait). It is renewed at once, once, with a budget of its own: if the
+    server accepts, the lease was ours all along and the bound is based on that renewal.
     """
 
-    lease: Lease
-    confirmed_at: float  # monotonic seconds when the last grant/renewal request was sent
-    on_lost: Callable[[Lease], None] | None = None
-    _lost_callbacks_fired: bool = field(default=False, repr=False)
+    def __init__(
+        self,
+        lease: Lease,
+        *,
+        sent_at: float,
+        answered_at: float,
+        timeouts: Timeouts,
+        on_lost: Callable[[Lease], None] | None = None,
+    ) -> None:
+        self.lease = lease
+        self.on_lost = on_lost
+        self._timeouts = timeouts
+        self.expires_by = sent_at + lease.ttl
+        self._next_renewal_at = sent_at + lease.ttl / 3
+        self._confirm_at_once = answered_at >= self._next_renewal_at
+        self._renewal_sent_at: float | None = None
+        self._lost_callback_fired = False
 
-    def next_delay(self, now: float) -> float:
-        return max(0.0, self.confirmed_at + self.lease.ttl / 3 - now)
-
-    def renewal_timeouts(self, defaults: Timeouts, now: float) -> Timeouts:
-        """A renewal may not outlive the lease: past its end there is nothing left to renew."""
-        budget = self.confirmed_at + self.lease.ttl - now
-        if budget <= 0:
-            raise errors.LeaseLost("the lease ran out before it could be renewed")
-        return Timeouts(connect=min(defaults.connect, budget), read=min(defaults.read, budget), total=budget)
-
-    def retry_delay(self) -> float:
-        return max(0.05, self.lease.ttl / 20)
-
-    def renewed(self, sent_at: float) -> None:
-        self.confirmed_at = sent_at
-
-    def failed(self, error: BaseException, now: float) -> bool:
-        """Record a failed renewal; True if the lease is now lost for good."""
-        hopeless = isinstance(error, errors.NotOwner | errors.Forbidden | errors.Unauthorized)
-        expired = now >= self.confirmed_at + self.lease.ttl
-        if hopeless or expired:
+    def next(self, now: float) -> RenewalStep:
+        lease = self.lease
+        if lease.released or lease.releasing:
+            return Stop(lost=False)
+        if lease.lost:
+            return Stop(lost=True)
+        if now < self._next_renewal_at:
+            return Wait(self._next_renewal_at - now)
+        budget = self.expires_by - now  # a renewal may not outlive the lease: past its end there is nothing left
+        if self._confirm_at_once:
+            budget = max(budget, min(lease.ttl, self._timeouts.total))
+        elif budget <= 0:
             self.mark_lost()
-            return True
-        return False
+            return Stop(lost=True)
+        self._renewal_sent_at = now
+        return Renew(Timeouts(connect=min(self._timeouts.connect, budget), read=min(self._timeouts.read, budget),
+                              total=budget))  # fmt: skip
+
+    def renewed(self, ttl: float) -> None:
+        """The renewal sent at the last `Renew` was accepted; the server now holds it for `ttl`."""
+        assert self._renewal_sent_at is not None
+        self.lease.ttl = ttl
+        self.expires_by = self._renewal_sent_at + ttl
+        self._next_renewal_at = self._renewal_sent_at + ttl / 3
+        self._confirm_at_once = False
+
+    def renewal_failed(self, error: errors.LockgateError, now: float) -> None:
+        self._confirm_at_once = False
+        if self.lease.released or self.lease.releasing:
+            return  # refused because we released it: that is no loss
+        hopeless = isinstance(error, errors.NotOwner | errors.Forbidden | errors.Unauthorized)
+        if hopeless or now >= self.expires_by:
+            self.mark_lost()
+        else:
+            self._next_renewal_at = now + max(0.05, self.lease.ttl / 20)
 
     def mark_lost(self) -> None:
         self.lease.lost = True
-        if self.on_lost is not None and not self._lost_callbacks_fired:
-            self._lost_callbacks_fired = True
-            self.on_lost(self.lease)
+        if self.on_lost is not None and not self._lost_callback_fired:
+            self._lost_callback_fired = True
+            try:
+                self.on_lost(self.lease)
+            except Exception:
+                _log.exception("the on_lost callback of lease %s on %r raised", self.lease.lease_id, self.lease.name)
+
+
+def release_timeouts_after_loss(defaults: Timeouts) -> Timeouts:
+    """A lost lease is released only as a courtesy: briefly, so leaving its block never hangs."""
+    return Timeouts(connect=min(defaults.connect, 0.5), read=min(defaults.read, 1.0), total=min(defaults.total, 1.0))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +16,18 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from . import _core, errors
-from ._core import Call, Lease, LeaseKeeper, Response, RetryPolicy, Send, Sleep, Timeouts
+from ._core import (
+    Call,
+    CompareAndSet,
+    Lease,
+    LeaseKeeper,
+    LockStatus,
+    RateLimitDecision,
+    Response,
+    RetryPolicy,
+    Send,
+    Timeouts,
+)
 
 T = TypeVar("T")
 
@@ -22,7 +35,7 @@ T = TypeVar("T")
 class SyncTransport:
     """A thread-safe pool of keep-alive http.client connections."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeouts: Timeouts, node: int = 0) -> None:
+    def __init__(self, base_url: str, api_key: str | None, node: int = 0) -> None:
         self.node = node
         parts = urlsplit(base_url)
         if parts.scheme != "http":
@@ -32,37 +45,69 @@ class SyncTransport:
         self._headers = {"Content-Type": _core.MSGPACK, "Accept": _core.MSGPACK}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeouts = timeouts
         self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
         self._count_lock = threading.Lock()
         self.requests_sent = 0
 
-    def request(self, method: str, path: str, body: bytes, read_timeout: float) -> Response:
-        """One request; connecting counts against `read_timeout` (the attempt's budget) too."""
-        try:
-            connection = self._idle.get_nowait()
-        except queue.Empty:
-            connection = http.client.HTTPConnection(self._host, self._port)
+    def request(self, method: str, path: str, body: bytes, timeout: float, connect_timeout: float) -> Response:
+        """One request; connecting counts against `timeout` (the attempt's budget) too."""
+        while True:  # ends: every stale connection is taken out of the pool, then a fresh one is opened
+            connection = self._checkout()
+            reused = connection is not None
+            if connection is None:
+                connection = http.client.HTTPConnection(self._host, self._port)
+            try:
+                return self._exchange(connection, method, path, body, timeout, connect_timeout, reused)
+            except _StaleConnection:
+                continue  # not an attempt: the same request (and request_id) on another connection
+
+    def _checkout(self) -> http.client.HTTPConnection | None:
+        while True:
+            try:
+                connection = self._idle.get_nowait()
+            except queue.Empty:
+                return None
+            if not _is_stale(connection):
+                return connection
+            connection.close()
+
+    def _exchange(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        body: bytes,
+        timeout: float,
+        connect_timeout: float,
+        reused: bool,
+    ) -> Response:
+        answer_started = False
         try:
             if connection.sock is None:
-                connection.timeout = min(self._timeouts.connect, read_timeout)
+                connection.timeout = min(connect_timeout, timeout)
                 connection.connect()
             assert connection.sock is not None
-            connection.sock.settimeout(read_timeout)
+            connection.sock.settimeout(timeout)
             connection.request(method, path, body=body, headers=self._headers)
             with self._count_lock:
                 self.requests_sent += 1
             answer = connection.getresponse()
+            answer_started = True
             data = answer.read()
         except (TimeoutError, OSError, http.client.HTTPException) as error:
             connection.close()
+            # Closed or reset before the head of an answer (RemoteDisconnected is a ConnectionResetError).
+            nothing_came = isinstance(error, _CLOSED_ERRORS)
+            if reused and not answer_started and nothing_came:
+                raise _StaleConnection from error
             raise errors.TransportError(f"{method} {path}: {error!r}") from error
         if answer.will_close:
             connection.close()
         else:
             self._idle.put(connection)
         relayed = answer.getheader(_core.RELAYED_BY) is not None
-        return Response(answer.status, _core.decode_body(data), self.node, relayed)
+        content_type = answer.getheader("content-type") or _core.MSGPACK
+        return Response(answer.status, _core.decode_body(data, content_type), self.node, relayed)
 
     def close(self) -> None:
         while True:
@@ -72,28 +117,55 @@ class SyncTransport:
                 return
 
 
+class _StaleConnection(Exception):
+    """A reused connection failed before any byte of the answer: the server had closed it."""
+
+
+_CLOSED_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+def _is_stale(connection: http.client.HTTPConnection) -> bool:
+    """Closed by the server while idle (its keep-alive timeout, a restart), or holding bytes nobody
+    asked for: an idle socket that is readable is one of those."""
+    sock = connection.sock
+    if sock is None:
+        return False
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0)  # a peek that never blocks
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False  # nothing to read: open and quiet, as an idle connection should be
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+    return True  # EOF, or stray bytes
+
+
 class SyncNodes:
     """Transports to every node of a deployment, used one at a time (see `_core.Nodes`)."""
 
-    def __init__(self, urls: list[str], api_key: str | None, timeouts: Timeouts) -> None:
-        self._transports = [SyncTransport(url, api_key, timeouts, node) for node, url in enumerate(urls)]
+    def __init__(self, urls: list[str], api_key: str | None) -> None:
+        self._transports = [SyncTransport(url, api_key, node) for node, url in enumerate(urls)]
         self._nodes = _core.Nodes(len(urls))
 
     @property
     def requests_sent(self) -> int:
         return sum(transport.requests_sent for transport in self._transports)
 
-    def request(self, method: str, path: str, body: bytes, read_timeout: float) -> Response:
+    def request(self, send: Send) -> Response:
         index = self._nodes.current
+        call = send.call
         try:
-            return self._nodes.answered(self._transports[index].request(method, path, body, read_timeout))
+            answer = self._transports[index].request(
+                call.method, call.path, call.encoded_body(), send.timeout, send.connect_timeout
+            )
         except errors.TransportError:
             self._nodes.move_on(index)
             raise
-
-    def failed(self, node: int) -> None:
-        """`node` answered 503 (the whole request or one op of a batch): try the next one."""
-        self._nodes.move_on(node)
+        return self._nodes.answered(answer)
 
     def close(self) -> None:
         for transport in self._transports:
@@ -101,7 +173,10 @@ class SyncNodes:
 
 
 class Client:
-    """Blocking Lockgate client; safe to share between threads."""
+    """Blocking Lockgate client; safe to share between threads.
+
+    Every call takes `timeouts=` to override the client's `Timeouts` for that call alone.
+    """
 
     def __init__(
         self,
@@ -117,11 +192,12 @@ class Client:
         self.namespace = namespace
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
-        self._transport = SyncNodes(_core.node_urls(url), api_key, self.timeouts)
+        self._transport = SyncNodes(_core.node_urls(url), api_key)
         self._rng = random.Random()
 
     @property
     def requests_sent(self) -> int:
+        """HTTP requests this client has sent."""
         return self._transport.requests_sent
 
     def __enter__(self) -> Client:
@@ -131,35 +207,23 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the pooled connections."""
         self._transport.close()
 
     def run(self, call: Call[T], *, timeouts: Timeouts | None = None) -> T:
-        """Send one call with retries; every public method ends here."""
-        timeouts = timeouts or self.timeouts
-        deadline = time.monotonic() + timeouts.total
-        steps = _core.drive(call, self.retry, timeouts, self._rng)
-        action = next(steps)
-        try:
-            while True:
-                if isinstance(action, Sleep):
-                    time.sleep(min(action.seconds, max(0.0, deadline - time.monotonic())))
-                    action = steps.send(None)
-                    continue
-                assert isinstance(action, Send)
-                try:
-                    read_timeout = _core.time_left(action.read_timeout, deadline, time.monotonic())
-                    call_now = action.call
-                    response = self._transport.request(
-                        call_now.method, call_now.path, call_now.encoded_body(), read_timeout
-                    )
-                except errors.TransportError as error:
-                    action = steps.throw(error)
-                    continue
-                if response.status == 503:
-                    self._transport.failed(response.node)
-                action = steps.send(response)
-        except StopIteration as finished:
-            return finished.value  # type: ignore[no-any-return]
+        """Send one call with retries (decided by `_core.Attempts`); every public method ends here."""
+        attempts = _core.Attempts(call, self.retry, timeouts or self.timeouts, self._rng, time.monotonic())
+        while True:
+            send = attempts.send(time.monotonic())
+            try:
+                response = self._transport.request(send)
+            except errors.TransportError as error:
+                step: _core.Done[T] | _core.Sleep = attempts.failed(error, time.monotonic())
+            else:
+                step = attempts.answered(response, time.monotonic())
+            if isinstance(step, _core.Done):
+                return step.value
+            time.sleep(step.seconds)
 
     # --- the API -----------------------------------------------------------------------------
     def lock(
@@ -171,10 +235,15 @@ class Client:
         holder: str | None = None,
         auto_renew: bool = True,
         on_lost: Callable[[Lease], None] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> LeaseContext:
-        """`with lg.lock("name", ttl=10) as lease:` — waits up to `wait` seconds, renews in the background."""
+        """`with lg.lock("name", ttl=10) as lease:` — waits up to `wait` seconds, renews in the background.
+
+        `on_lost(lease)` is called (from the renewal thread) if renewal fails for good.
+        `timeouts` apply to the acquire and the release.
+        """
         return LeaseContext(self, "lock", name, ttl=ttl, wait=wait, holder=holder, auto_renew=auto_renew,
-                            on_lost=on_lost)  # fmt: skip
+                            on_lost=on_lost, timeouts=timeouts)  # fmt: skip
 
     def semaphore(
         self,
@@ -187,61 +256,90 @@ class Client:
         holder: str | None = None,
         auto_renew: bool = True,
         on_lost: Callable[[Lease], None] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> LeaseContext:
+        """`with lg.semaphore("name", limit=4) as lease:` — `permits` of `limit`, else as `lock()`."""
         return LeaseContext(self, "semaphore", name, ttl=ttl, wait=wait, holder=holder, limit=limit,
-                            permits=permits, auto_renew=auto_renew, on_lost=on_lost)  # fmt: skip
+                            permits=permits, auto_renew=auto_renew, on_lost=on_lost, timeouts=timeouts)  # fmt: skip
 
-    def lock_status(self, name: str, *, kind: str = "lock") -> _core.LockStatus:
-        return self.run(_core.status_call(self.namespace, kind, name))
+    def lock_status(self, name: str, *, kind: str = "lock", timeouts: Timeouts | None = None) -> LockStatus:
+        """The state of a lock (or, with kind="semaphore", a semaphore), without changing it."""
+        return self.run(_core.status_call(self.namespace, kind, name), timeouts=timeouts)
 
-    def release(self, lease: Lease) -> bool:
-        """Release a lease; False (not an error) if it had already expired or been released."""
+    def release(self, lease: Lease, *, timeouts: Timeouts | None = None) -> bool:
+        """Release a lease and stop its renewal; False (not an error) if it had already expired or been released."""
+        lease.releasing = True
         try:
-            released = self.run(_core.release_call(lease))
+            released = self.run(_core.release_call(lease), timeouts=timeouts)
         except errors.NotOwner:
             released = False
         lease.released = True
         return released
 
     def renew(self, lease: Lease, ttl: float | None = None, *, timeouts: Timeouts | None = None) -> None:
+        """Extend a lease to `ttl` seconds from now (its own TTL by default); NotOwner if it is gone."""
         lease.ttl = self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
 
     def rate_limit(
-        self, key: str, *, limit: int, per: float, cost: int = 1, burst: int | None = None, algorithm: str = "gcra"
-    ) -> _core.RateLimitDecision:
+        self,
+        key: str,
+        *,
+        limit: int,
+        per: float,
+        cost: int = 1,
+        burst: int | None = None,
+        algorithm: str = "gcra",
+        timeouts: Timeouts | None = None,
+    ) -> RateLimitDecision:
         """Check and consume `cost` against `limit` per `per` seconds; cost=0 peeks."""
         call = _core.rate_limit_call(self.namespace, key, limit=limit, per=per, cost=cost, burst=burst,
                                      algorithm=algorithm)  # fmt: skip
-        return self.run(call)
+        return self.run(call, timeouts=timeouts)
 
-    def reset_rate_limit(self, key: str) -> None:
-        self.run(_core.rate_limit_reset_call(self.namespace, key))
+    def reset_rate_limit(self, key: str, *, timeouts: Timeouts | None = None) -> None:
+        """Forget what `key` has consumed: it is full again."""
+        self.run(_core.rate_limit_reset_call(self.namespace, key), timeouts=timeouts)
 
     def counter(self, name: str) -> Counter:
+        """A handle on the counter `name` (nothing is sent until you call a method)."""
         return Counter(self, name)
 
-    def fence_check(self, name: str, token: int, *, kind: str = "lock") -> bool:
+    def fence_check(self, name: str, token: int, *, kind: str = "lock", timeouts: Timeouts | None = None) -> bool:
         """Is `token` the current fencing token of the lock (or a live semaphore lease)?"""
-        return self.run(_core.fence_check_call(self.namespace, kind, name, token))
+        return self.run(_core.fence_check_call(self.namespace, kind, name, token), timeouts=timeouts)
 
 
 class Counter:
+    """A durable integer counter; every change is applied exactly once, even when retried."""
+
     def __init__(self, client: Client, name: str) -> None:
         self._client = client
         self.name = name
 
-    def get(self) -> int:
-        return self._client.run(_core.counter_get_call(self._client.namespace, self.name))
+    def get(self, *, timeouts: Timeouts | None = None) -> int:
+        """The current value (0 for a counter never written)."""
+        return self._client.run(_core.counter_get_call(self._client.namespace, self.name), timeouts=timeouts)
 
-    def add(self, delta: int = 1, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def add(
+        self,
+        delta: int = 1,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> int:
+        """Add `delta` and return the new value; Conflict if it would leave [minimum, maximum]."""
         call = _core.counter_add_call(self._client.namespace, self.name, delta, minimum=minimum, maximum=maximum)
-        return self._client.run(call)
+        return self._client.run(call, timeouts=timeouts)
 
-    def set(self, value: int) -> int:
-        return self._client.run(_core.counter_set_call(self._client.namespace, self.name, value))
+    def set(self, value: int, *, timeouts: Timeouts | None = None) -> int:
+        """Set the value; returns it."""
+        return self._client.run(_core.counter_set_call(self._client.namespace, self.name, value), timeouts=timeouts)
 
-    def compare_and_set(self, expected: int, value: int) -> _core.CompareAndSet:
-        return self._client.run(_core.counter_cas_call(self._client.namespace, self.name, expected, value))
+    def compare_and_set(self, expected: int, value: int, *, timeouts: Timeouts | None = None) -> CompareAndSet:
+        """Set `value` only if the counter holds `expected`; says whether it swapped, and the value now."""
+        call = _core.counter_cas_call(self._client.namespace, self.name, expected, value)
+        return self._client.run(call, timeouts=timeouts)
 
 
 class LeaseContext:
@@ -260,6 +358,7 @@ class LeaseContext:
         permits: int = 1,
         auto_renew: bool = True,
         on_lost: Callable[[Lease], None] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self._client = client
         # A fresh call (and request_id) per acquire: re-entering must not replay an old grant.
@@ -267,6 +366,7 @@ class LeaseContext:
                                            limit=limit, permits=permits, holder=holder)  # fmt: skip
         self._auto_renew = auto_renew
         self._on_lost = on_lost
+        self._timeouts = timeouts
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self.lease: Lease | None = None
@@ -277,9 +377,10 @@ class LeaseContext:
             raise RuntimeError("this lease is still held: release it before acquiring again")
         self._stop = threading.Event()
         sent_at = time.monotonic()
-        self.lease = self._client.run(self._new_call())
+        self.lease = self._client.run(self._new_call(), timeouts=self._timeouts)
         if self._auto_renew:
-            keeper = LeaseKeeper(self.lease, confirmed_at=sent_at, on_lost=self._on_lost)
+            keeper = LeaseKeeper(self.lease, sent_at=sent_at, answered_at=time.monotonic(),
+                                 timeouts=self._client.timeouts, on_lost=self._on_lost)  # fmt: skip
             self._renewer = threading.Thread(target=self._keep, args=(keeper,), daemon=True, name="lockgate-renew")
             self._renewer.start()
         return self.lease
@@ -293,26 +394,38 @@ class LeaseContext:
         self.release()
 
     def release(self) -> None:
+        """Stop renewing and release. A lost lease is released briefly, and never raises."""
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
             self._renewer = None
-        if self.lease is not None and not self.lease.released:
-            self._client.release(self.lease)
+        lease = self.lease
+        if lease is None or lease.released:
+            return
+        if not lease.lost:
+            self._client.release(lease, timeouts=self._timeouts)
+            return
+        # Known lost: the server may be away (that may be why), and the holder learned of the loss already.
+        timeouts = _core.release_timeouts_after_loss(self._timeouts or self._client.timeouts)
+        with contextlib.suppress(errors.LockgateError):
+            self._client.release(lease, timeouts=timeouts)
 
     def _keep(self, keeper: LeaseKeeper) -> None:
-        lease = keeper.lease
-        while not self._stop.wait(keeper.next_delay(time.monotonic())):
-            sent_at = time.monotonic()
-            try:
-                self._client.renew(lease, timeouts=keeper.renewal_timeouts(self._client.timeouts, sent_at))
-            except errors.LockgateError as error:
-                if keeper.failed(error, time.monotonic()):
+        """Do what the keeper says: sleep (unless stopped), renew, or stop."""
+        while True:
+            step = keeper.next(time.monotonic())
+            if isinstance(step, _core.Wait):
+                if self._stop.wait(step.seconds):
                     return
-                if self._stop.wait(keeper.retry_delay()):
-                    return
-                continue
-            keeper.renewed(sent_at)
+            elif isinstance(step, _core.Renew):
+                try:
+                    ttl = self._client.run(_core.renew_call(keeper.lease), timeouts=step.timeouts)
+                except errors.LockgateError as error:
+                    keeper.renewal_failed(error, time.monotonic())
+                else:
+                    keeper.renewed(ttl)
+            else:
+                return
 
 
 __all__ = ["Client", "Counter", "LeaseContext"]

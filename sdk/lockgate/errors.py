@@ -19,6 +19,10 @@ class InvalidRequest(LockgateError):
     """400/422: the request is malformed or out of bounds; nothing changed."""
 
 
+class MethodNotAllowed(InvalidRequest):
+    """405: no such method on that route (an SDK older or newer than the server, say)."""
+
+
 class Unauthorized(LockgateError):
     """401: missing or unknown API key."""
 
@@ -39,6 +43,10 @@ class Conflict(LockgateError):
     """409: the object's state refuses the request (limit mismatch, counter bound...)."""
 
 
+class QuotaExceeded(Conflict):
+    """409: the namespace holds as many objects as it may; existing objects still work."""
+
+
 class LockHeld(Conflict):
     """409: not granted within the wait."""
 
@@ -48,6 +56,11 @@ Timeout = LockHeld
 
 class NotOwner(Conflict):
     """409: the lease is not held any more (released, expired or never granted)."""
+
+
+class UnexpectedResponse(LockgateError):
+    """An answer that is not the server's: not msgpack (an HTML error page from a proxy) or
+    not in the shape the call expects. Not retried; a 502/503/504 page is `Unavailable`."""
 
 
 class LeaseLost(LockgateError):

@@ -22,6 +22,12 @@ class StaleToken(LockgateError):
 
 
 class FenceGuard:
+    """Remembers the highest fencing token seen per resource and refuses older ones.
+
+    Thread-safe and in memory: keep it next to the resource it guards (or store the highest
+    token with the resource itself, the same way, when it must survive restarts).
+    """
+
     def __init__(self) -> None:
         self._highest: dict[str, int] = {}
         self._mutex = threading.Lock()
@@ -35,9 +41,11 @@ class FenceGuard:
             self._highest[resource] = token
 
     def is_current(self, resource: str, token: int) -> bool:
+        """Would `token` be admitted for `resource` now? (Remembers nothing.)"""
         with self._mutex:
             return token >= self._highest.get(resource, -1)
 
     def highest(self, resource: str) -> int | None:
+        """The highest token admitted for `resource`, or None before the first."""
         with self._mutex:
             return self._highest.get(resource)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lockgate_server.harness import ServerProcess, free_port
+from lockgate_server.harness import ServerProcess
+from lockgate_server.storage.embedded import free_port
 
 __all__ = ["ServerProcess", "free_port"]
 

@@ -99,3 +99,15 @@ async def test_without_batching_every_call_is_a_request(start_server: ServerFact
         assert sorted(results) == list(range(1, N + 1))
         assert lg.requests_sent == N
         assert _v1_requests(server) - served_before == N
+
+
+async def test_a_batch_larger_than_the_servers_body_limit_is_split(start_server: ServerFactory) -> None:
+    """The server takes at most 1 KiB per body: a 413 for a batch splits it instead of failing every call."""
+    server = start_server({"LOCKGATE_MAX_BODY_BYTES": "1024"})
+    async with AsyncClient(server.url, namespace="batch") as lg:
+        results = await asyncio.gather(*(lg.counter("c").add(1) for _ in range(100)))
+        assert sorted(results) == list(range(1, 101))
+        assert await lg.counter("c").get() == 100
+        sent = lg.requests_sent
+        await asyncio.gather(*(lg.counter("c").add(1) for _ in range(100)))  # the client learnt the bound
+        assert lg.requests_sent - sent < sent

@@ -201,3 +201,133 @@ async def test_async_frozen_server_loss_is_decided_on_the_client_clock(start_ser
         assert lease.lost
         assert cancelled_after and cancelled_after[0] <= TTL_S + 0.5
         assert not (await lg.lock_status("job")).held
+
+
+# --- a grant that came after a wait longer than the TTL ----------------------------------------
+WAITED_S = 2.0  # twice TTL_S: the acquire's own send time gives no budget left at the grant
+
+
+async def test_async_grant_after_a_long_wait_is_renewed_not_lost(base_url: str, namespace: str) -> None:
+    async with AsyncClient(base_url, namespace=namespace) as lg, AsyncClient(base_url, namespace=namespace) as other:
+        holder = other.lock("job", ttl=TTL_S, wait=0)
+        first = await holder.acquire()
+        asyncio.get_running_loop().call_later(WAITED_S, lambda: asyncio.ensure_future(holder.release()))
+        lost: list[Lease] = []
+        async with lg.lock("job", ttl=TTL_S, wait=5, cancel_on_loss=True, on_lost=lost.append) as lease:
+            assert lease.token > first.token
+            await asyncio.sleep(2 * TTL_S)
+            assert not lease.lost and lost == []
+            status = await other.lock_status("job")
+            assert status.held and status.token == lease.token
+        assert lease.released and not lease.lost
+
+
+def test_sync_grant_after_a_long_wait_is_renewed_not_lost(base_url: str, namespace: str) -> None:
+    with Client(base_url, namespace=namespace) as lg, Client(base_url, namespace=namespace) as other:
+        holder = other.lock("job", ttl=TTL_S, wait=0)
+        first = holder.acquire()
+        releasing = threading.Timer(WAITED_S, holder.release)
+        releasing.start()
+        try:
+            with lg.lock("job", ttl=TTL_S, wait=5) as lease:
+                assert lease.token > first.token
+                time.sleep(2 * TTL_S)
+                assert not lease.lost
+                status = other.lock_status("job")
+                assert status.held and status.token == lease.token
+        finally:
+            releasing.join()
+        assert lease.released and not lease.lost
+
+
+# --- leaving the block after a known loss --------------------------------------------------------
+LEAVE_S = 3.0  # the lease's TTL, a brief courtesy release (1 s), and scheduling
+
+
+async def test_async_leaving_after_a_loss_to_a_frozen_server_is_quick(start_server: ServerFactory) -> None:
+    """The server stays frozen: the block is cancelled at the TTL, LeaseLost (not TransportError)
+    is raised soon after, without waiting out the client's 30 s total, and our task is uncancelled."""
+    server = start_server()
+    async with AsyncClient(server.url, namespace="frozen") as lg:
+        loop = asyncio.get_running_loop()
+        try:
+            with pytest.raises(LeaseLost):
+                async with lg.lock("job", ttl=TTL_S, cancel_on_loss=True) as lease:
+                    server.pause()
+                    paused_at = loop.time()
+                    await asyncio.sleep(10)
+            assert loop.time() - paused_at <= LEAVE_S
+            assert lease.lost
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0
+        finally:
+            server.resume()
+
+
+def test_sync_leaving_after_a_loss_to_a_frozen_server_is_quick(start_server: ServerFactory) -> None:
+    server = start_server()
+    with Client(server.url, namespace="frozen") as lg:
+        try:
+            with lg.lock("job", ttl=TTL_S) as lease:
+                server.pause()
+                paused_at = time.monotonic()
+                while not lease.lost and time.monotonic() - paused_at < 5:
+                    time.sleep(0.05)
+                assert lease.lost
+            assert time.monotonic() - paused_at <= LEAVE_S  # and no TransportError from the release
+        finally:
+            server.resume()
+
+
+# --- releasing early is not losing ----------------------------------------------------------------
+async def test_async_client_release_stops_renewal(base_url: str, namespace: str) -> None:
+    lost: list[Lease] = []
+    async with AsyncClient(base_url, namespace=namespace) as lg:
+        async with lg.lock("job", ttl=TTL_S, cancel_on_loss=True, on_lost=lost.append) as lease:
+            assert await lg.release(lease) is True
+            await asyncio.sleep(TTL_S)  # a renewal would have been due three times over; not cancelled
+            assert lease.released and not lease.lost and lost == []
+        assert not (await lg.lock_status("job")).held
+
+
+def test_sync_client_release_stops_renewal(base_url: str, namespace: str) -> None:
+    lost: list[Lease] = []
+    with Client(base_url, namespace=namespace) as lg:
+        with lg.lock("job", ttl=TTL_S, on_lost=lost.append) as lease:
+            assert lg.release(lease) is True
+            time.sleep(TTL_S)
+            assert lease.released and not lease.lost and lost == []
+        assert not lg.lock_status("job").held
+
+
+# --- an on_lost callback that raises ---------------------------------------------------------------
+async def test_async_on_lost_that_raises_is_logged_and_the_loss_still_handled(
+    server: ServerProcess, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(lease: Lease) -> None:
+        raise RuntimeError("a bug in the caller's callback")
+
+    async with AsyncClient(server.url, namespace=namespace) as lg:
+        with pytest.raises(LeaseLost):
+            async with lg.lock("job", ttl=TTL_S, cancel_on_loss=True, on_lost=broken) as lease:
+                await asyncio.to_thread(_force_release, server, namespace, "job")
+                await asyncio.sleep(3)  # cancelled at the first renewal, at a third of the TTL
+        assert lease.lost and lease.released
+    assert "on_lost callback" in caplog.text and "a bug in the caller's callback" in caplog.text
+
+
+def test_sync_on_lost_that_raises_is_logged(
+    server: ServerProcess, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(lease: Lease) -> None:
+        raise RuntimeError("a bug in the caller's callback")
+
+    with Client(server.url, namespace=namespace) as lg:
+        with lg.lock("job", ttl=TTL_S, on_lost=broken) as lease:
+            _force_release(server, namespace, "job")
+            deadline = time.monotonic() + 2 * TTL_S
+            while not lease.lost and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert lease.lost
+        assert lease.released
+    assert "a bug in the caller's callback" in caplog.text

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from lockgate import AsyncClient, Client, Timeouts, TransportError, Unavailable
+from lockgate import AsyncClient, Client, LockHeld, RetryPolicy, Timeouts, TransportError, Unavailable
+from lockgate import _core as core
 
 if TYPE_CHECKING:
     from conftest import ServerFactory
 
 TIMEOUTS = Timeouts(connect=0.5, read=0.5, total=1.5)
 SLACK_S = 0.75  # scheduling, the last backoff sleep, interpreter start-up of the first call
+WAIT_S = 1.0  # a waiting acquire may take its wait on top of `total`, never more
 
 
 @pytest.fixture
@@ -36,22 +39,23 @@ SyncCall = Callable[[Client], object]
 SYNC_CALLS: dict[str, SyncCall] = {
     "counter-get": lambda lg: lg.counter("n").get(),
     "counter-add": lambda lg: lg.counter("n").add(1),
-    "acquire-wait-10s": lambda lg: lg.lock("job", ttl=5, wait=10).acquire(),  # wait is no excuse to pass total
+    "acquire-wait": lambda lg: lg.lock("job", ttl=5, wait=WAIT_S).acquire(),  # total + wait, no longer
 }
 
 
-@pytest.mark.parametrize("call", list(SYNC_CALLS.values()), ids=list(SYNC_CALLS))
-def test_sync_call_to_silent_server_fails_within_total(silent_url: str, call: SyncCall) -> None:
+@pytest.mark.parametrize("kind", list(SYNC_CALLS))
+def test_sync_call_to_silent_server_fails_within_total(silent_url: str, kind: str) -> None:
     with Client(silent_url, timeouts=TIMEOUTS) as lg:
         started = time.monotonic()
         with pytest.raises(TransportError) as failed:
-            call(lg)
+            SYNC_CALLS[kind](lg)
         elapsed = time.monotonic() - started
     assert isinstance(failed.value, Unavailable)
-    assert TIMEOUTS.read <= elapsed <= TIMEOUTS.total + SLACK_S, elapsed
+    wait = WAIT_S if kind == "acquire-wait" else 0.0
+    assert TIMEOUTS.read <= elapsed <= TIMEOUTS.total + wait + SLACK_S, elapsed
 
 
-@pytest.mark.parametrize("kind", ["counter-get", "counter-add", "acquire-wait-10s", "batch-of-50"])
+@pytest.mark.parametrize("kind", ["counter-get", "counter-add", "acquire-wait", "batch-of-50"])
 async def test_async_call_to_silent_server_fails_within_total(silent_url: str, kind: str) -> None:
     async with AsyncClient(silent_url, timeouts=TIMEOUTS) as lg:
         loop = asyncio.get_running_loop()
@@ -68,9 +72,10 @@ async def test_async_call_to_silent_server_fails_within_total(silent_url: str, k
                 elif kind == "counter-add":
                     await asyncio.wait_for(lg.counter("n").add(1), 10)
                 else:
-                    await asyncio.wait_for(lg.lock("job", ttl=5, wait=10).acquire(), 10)
+                    await asyncio.wait_for(lg.lock("job", ttl=5, wait=WAIT_S).acquire(), 10)
         elapsed = loop.time() - started
-    assert TIMEOUTS.read <= elapsed <= TIMEOUTS.total + SLACK_S, elapsed
+    wait = WAIT_S if kind == "acquire-wait" else 0.0
+    assert TIMEOUTS.read <= elapsed <= TIMEOUTS.total + wait + SLACK_S, elapsed
 
 
 def test_sync_connect_refused_fails_fast() -> None:
@@ -170,3 +175,108 @@ async def test_async_wait_for_a_connection_slot_is_bounded_by_total(silent_url: 
 
         elapsed = await asyncio.wait_for(asyncio.gather(*(one(index) for index in range(6))), 30)
     assert max(elapsed) <= timeouts.total + SLACK_S, f"total={timeouts.total} s, calls took {elapsed}"
+
+
+# --- per-call timeouts --------------------------------------------------------------------------------
+async def test_a_batched_call_ends_by_its_own_deadline(silent_url: str) -> None:
+    """Two calls share a batch; the one with the short timeouts must not wait for the batch's longer one."""
+    short = Timeouts(connect=0.5, read=0.3, total=0.5)
+    long = Timeouts(connect=0.5, read=5.0, total=5.0)
+    async with AsyncClient(silent_url, namespace="batch") as lg:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def short_call() -> float:
+            with pytest.raises(TransportError):
+                await lg.run(core.counter_get_call("batch", "a"), timeouts=short)
+            return loop.time() - started
+
+        patient = asyncio.ensure_future(lg.run(core.counter_get_call("batch", "b"), timeouts=long))
+        elapsed = await asyncio.wait_for(short_call(), 10)
+        assert not patient.done()
+        patient.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await patient
+        assert lg.requests_sent >= 1
+    assert elapsed <= short.total + SLACK_S, f"total={short.total} s, the call took {elapsed:.2f} s"
+
+
+def _public_calls() -> list[tuple[str, Callable[..., object]]]:
+    from lockgate import AsyncCounter, Counter
+
+    calls = []
+    for owner in (Client, AsyncClient, Counter, AsyncCounter):
+        for name, member in vars(owner).items():
+            if callable(member) and not name.startswith("_") and name not in ("counter", "close", "aclose", "run"):
+                calls.append((f"{owner.__name__}.{name}", member))
+    return calls
+
+
+@pytest.mark.parametrize(("name", "member"), _public_calls(), ids=[name for name, _ in _public_calls()])
+def test_every_public_call_takes_timeouts(name: str, member: Callable[..., object]) -> None:
+    parameter = inspect.signature(member).parameters.get("timeouts")
+    assert parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert parameter.default is None
+
+
+def test_sync_per_call_connect_timeout_is_honoured(blackhole_url: str) -> None:
+    with Client(
+        blackhole_url, timeouts=Timeouts(connect=5.0, read=5.0, total=10.0), retry=RetryPolicy(attempts=1)
+    ) as lg:
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            lg.counter("n").get(timeouts=Timeouts(connect=0.3, read=5.0, total=5.0))
+        elapsed = time.monotonic() - started
+    assert elapsed <= 0.3 + SLACK_S, elapsed
+
+
+async def test_async_per_call_connect_timeout_is_honoured(blackhole_url: str) -> None:
+    defaults = Timeouts(connect=5.0, read=5.0, total=10.0)
+    async with AsyncClient(blackhole_url, timeouts=defaults, retry=RetryPolicy(attempts=1)) as lg:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(
+                lg.rate_limit("k", limit=1, per=1, timeouts=Timeouts(connect=0.3, read=5.0, total=5.0)), 10
+            )
+        elapsed = loop.time() - started
+    assert elapsed <= 0.3 + SLACK_S, elapsed
+
+
+async def test_async_per_call_timeouts_override_the_clients(silent_url: str) -> None:
+    async with AsyncClient(silent_url, timeouts=Timeouts(connect=5.0, read=5.0, total=10.0)) as lg:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(lg.counter("n").add(1, timeouts=TIMEOUTS), 10)
+        assert loop.time() - started <= TIMEOUTS.total + SLACK_S
+
+
+# --- a wait longer than `total` ---------------------------------------------------------------------------
+LONG_WAIT_S = 2.0
+SHORT_TOTAL = Timeouts(connect=0.5, read=0.5, total=1.0)
+
+
+async def test_async_a_wait_longer_than_total_ends_in_lock_held(base_url: str, namespace: str) -> None:
+    async with (
+        AsyncClient(base_url, namespace=namespace) as holder,
+        AsyncClient(base_url, namespace=namespace, timeouts=SHORT_TOTAL) as lg,
+        holder.lock("job", ttl=10),
+    ):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(LockHeld):
+            await lg.lock("job", ttl=5, wait=LONG_WAIT_S).acquire()
+        assert LONG_WAIT_S <= loop.time() - started <= LONG_WAIT_S + SLACK_S
+
+
+def test_sync_a_wait_longer_than_total_ends_in_lock_held(base_url: str, namespace: str) -> None:
+    with (
+        Client(base_url, namespace=namespace) as holder,
+        Client(base_url, namespace=namespace, timeouts=SHORT_TOTAL) as lg,
+        holder.lock("job", ttl=10),
+    ):
+        started = time.monotonic()
+        with pytest.raises(LockHeld):
+            lg.lock("job", ttl=5, wait=LONG_WAIT_S).acquire()
+        assert LONG_WAIT_S <= time.monotonic() - started <= LONG_WAIT_S + SLACK_S
