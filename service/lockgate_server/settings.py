@@ -52,6 +52,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     Env: a JSON list or comma-separated paths. Runtime changes through /v1/admin/policies win over them."""
     grpc_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = limits.GRPC_PORT_DEFAULT
     """Port of the Envoy rate limit service (gRPC, envoy.service.ratelimit.v3) on the same host; 0 disables it."""
+    forwarded_for_trusted_hops: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """Proxies in front of the gateway that each append to X-Forwarded-For (like Envoy's xff_num_trusted_hops).
+    The check's client_ip is the hop this many places left of the right-most one; 0: the right-most,
+    the address the gateway itself received the request from. Hops further left are the client's to forge."""
 
     # --- request bounds ------------------------------------------------------------------
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576

@@ -190,7 +190,7 @@ class FixedWindowModel:
             allowed=allowed,
             limit=self.limit,
             remaining=max(0, self.limit - used),
-            reset_after_ms=until_next_ms if used else 0,
+            reset_after_ms=until_next_ms,  # the window's end, used or not (as envoyproxy/ratelimit)
             retry_after_ms=0 if allowed else until_next_ms,
         )
 

@@ -57,7 +57,7 @@ def check(client: httpx.Client, path: str = "/check/api", **headers: str) -> htt
 
 
 def test_allowed_then_denied_with_the_rate_limit_headers(client: httpx.Client) -> None:
-    forwarded = {"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}
+    forwarded = {"X-Forwarded-For": "10.0.0.1, 203.0.113.7"}
     for remaining in (2, 1, 0):
         allowed = check(client, **forwarded)
         assert allowed.status_code == 200, allowed.text
@@ -71,7 +71,7 @@ def test_allowed_then_denied_with_the_rate_limit_headers(client: httpx.Client) -
     assert denied.status_code == 429
     assert denied.headers["X-RateLimit-Remaining"] == "0"
     assert 0 < int(denied.headers["Retry-After"]) <= 86400
-    # The client IP is the first hop; X-Real-IP counts when there is no X-Forwarded-For.
+    # The client IP is the right-most hop; X-Real-IP counts when there is no X-Forwarded-For.
     assert check(client, **{"X-Forwarded-For": "203.0.113.8"}).status_code == 200
     assert check(client, **{"X-Real-IP": "203.0.113.7"}).status_code == 429
 

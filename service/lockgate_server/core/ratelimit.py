@@ -142,7 +142,9 @@ def _fixed(state: WindowState | None, cmd: RateSpec, now_ms: int) -> tuple[Windo
         allowed=allowed,
         limit=limit,
         remaining=max(0, limit - used),
-        reset_after_ms=until_next_ms if used else 0,
+        # The window's end even with nothing used in it (envoyproxy/ratelimit reports the same):
+        # a peek at an unused key then says when a count would start over, never "0 s".
+        reset_after_ms=until_next_ms,
         retry_after_ms=0 if allowed else until_next_ms,
     )
     if not allowed or cmd.cost == 0:

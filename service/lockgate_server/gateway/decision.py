@@ -4,12 +4,14 @@ All limits of a request go into one RateCheckAll, routed by the domain's name, s
 decides them together: if any enforced limit denies, none is charged. Shadow limits decide
 and are reported but never deny. A request whose costs are all 0 is a peek: never logged,
 never charged. When the store cannot answer within the domain's failure_timeout_ms, its
-failure_mode decides.
+failure_mode decides. A full namespace (Settings.max_objects_per_namespace) is no outage: see
+_namespace_full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,17 +20,20 @@ from typing import Any, Final, Literal, TypeVar
 from .. import limits
 from ..core.ops import RateCheckAll, RateDecisions, RateItem, RateResetAll
 from ..engine.node import Engine
-from ..errors import InvalidRequest, LockgateError
+from ..errors import InvalidRequest, LockgateError, QuotaExceeded
 from .matcher import CompiledDomain, Entries, Limit, compile_limit
 from .policy import UNIT_MS
 from .telemetry import GatewayMetrics
 
 T = TypeVar("T")
 
+log = logging.getLogger("lockgate.gateway")
+
 UNLIMITED_REMAINING: Final = 2**32 - 1
 """What envoyproxy/ratelimit reports as the remaining of an unlimited descriptor."""
 
-FailureReason = Literal["timeout", "store-unavailable"]
+FailureReason = Literal["timeout", "store-unavailable", "quota-exceeded"]
+_STORE_FAILURES: Final = frozenset(("timeout", "store-unavailable"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +60,13 @@ class DescriptorStatus:
 class Verdict:
     allowed: bool
     statuses: list[DescriptorStatus]
-    failure: FailureReason | None = None  # set when the failure mode decided: the store did not answer in time
+    failure: FailureReason | None = None  # set when the store did not decide: see store_failed
     lsn: int = 0
+
+    @property
+    def store_failed(self) -> bool:
+        """The store did not answer in time and the failure mode decided (a full namespace did not)."""
+        return self.failure in _STORE_FAILURES
 
 
 @dataclass(slots=True)
@@ -78,6 +88,7 @@ class Decider:
     def __init__(self, engine: Callable[[], Engine], metrics: GatewayMetrics) -> None:
         self._engine = engine
         self._metrics = metrics
+        self._namespace_full_logged = False  # one warning per episode, not one per request
 
     async def decide(
         self, domain: CompiledDomain, descriptors: Sequence[RequestDescriptor], *, hits_addend: int = 1
@@ -89,11 +100,17 @@ class Decider:
             command = RateCheckAll(namespace=limits.GATEWAY_NAMESPACE, name=domain.name, items=plan.items)
             try:
                 result, lsn = await _within(self._engine().execute(command), domain.policy.failure_timeout_ms)
+            except QuotaExceeded as error:
+                if not self._namespace_full_logged:
+                    self._namespace_full_logged = True
+                    log.warning("gateway checks with new keys are denied until idle keys are evicted: %s", error)
+                verdict = _namespace_full(plan)
             except (LockgateError, TimeoutError) as error:
-                verdict = _failure(domain, plan.statuses, error)
+                verdict = _failure(domain, plan, error)
             else:
                 assert isinstance(result, RateDecisions)
                 verdict = _settle(plan, result, lsn)
+                self._namespace_full_logged = False
         self._metrics.record(domain.name, verdict)
         return verdict
 
@@ -209,17 +226,40 @@ def _settle(plan: _Plan, result: RateDecisions, lsn: int) -> Verdict:
             continue
         decision = result.decisions[index]
         status.over_limit = not decision.allowed
-        status.remaining = decision.remaining
+        remaining = decision.remaining
         if decision.allowed and not allowed:
-            status.remaining += plan.items[index].cost  # it was not charged after all
+            remaining += plan.items[index].cost  # it was not charged after all
+        # A GCRA burst above the limit lets more through at once than one window's quota, but
+        # every answer reports the quota (q=, X-RateLimit-Limit, requests_per_unit), and a
+        # remaining above it would contradict that: the lower figure never over-promises.
+        assert status.limit is not None
+        status.remaining = min(remaining, status.limit.requests)
         status.reset_after_ms = decision.reset_after_ms
         status.retry_after_ms = decision.retry_after_ms
     return Verdict(allowed=allowed, statuses=plan.statuses, lsn=lsn)
 
 
-def _failure(domain: CompiledDomain, statuses: list[DescriptorStatus], error: BaseException) -> Verdict:
+def _failure(domain: CompiledDomain, plan: _Plan, error: BaseException) -> Verdict:
+    if plan.blocked:  # a limit of 0 denies without the store: what it would have said changes nothing
+        return Verdict(allowed=False, statuses=plan.statuses)
     reason: FailureReason = "timeout" if isinstance(error, TimeoutError) else "store-unavailable"
-    return Verdict(allowed=domain.policy.failure_mode == "allow", statuses=statuses, failure=reason)
+    return Verdict(allowed=domain.policy.failure_mode == "allow", statuses=plan.statuses, failure=reason)
+
+
+def _namespace_full(plan: _Plan) -> Verdict:
+    """The gateway namespace holds as many keys as it may, and this request needs a new one.
+
+    Not a store outage, so failure_mode does not apply. Allowing would let whoever fills the
+    namespace (many distinct values) lift every limit for everyone new; so the request is denied
+    as over its limits, charging nothing, until idle keys are evicted. Keys already kept work
+    as before, and limits in shadow mode still never deny.
+    """
+    for status, index in zip(plan.statuses, plan.item_of_status, strict=True):
+        if index >= 0 and status.limit is not None:
+            status.over_limit = True
+            status.reset_after_ms = status.retry_after_ms = status.limit.window_ms
+    allowed = not any(status.denies for status in plan.statuses)
+    return Verdict(allowed=allowed, statuses=plan.statuses, failure="quota-exceeded")
 
 
 async def _within(work: Coroutine[Any, Any, T], timeout_ms: int) -> T:

@@ -18,7 +18,8 @@ from typing import Final
 from .decision import DescriptorStatus, Verdict
 
 FAILURE_HEADER: Final = "X-Lockgate-Failure"
-"""Set when the store did not answer and the domain's failure_mode decided instead."""
+"""Set when the store did not decide: "timeout" or "store-unavailable" (the domain's failure_mode
+decided instead), or "quota-exceeded" (no room for a new key: denied, see decision.py)."""
 POLICY_HEADER: Final = "RateLimit-Policy"
 RATE_LIMIT_HEADER: Final = "RateLimit"
 LIMIT_HEADER: Final = "X-RateLimit-Limit"

@@ -97,7 +97,13 @@ class GatewayHttp:
                 self._metrics.unknown_domain()
                 raise NotFound(f"no gateway policy for domain {domain_name!r}")
             client = scope.get("client")
-            request = RequestData(headers, scope["method"], rest, client[0] if client else None)
+            request = RequestData(
+                headers,
+                scope["method"],
+                rest,
+                client[0] if client else None,
+                trusted_hops=self._settings.forwarded_for_trusted_hops,
+            )
             descriptors = descriptors_for(domain.http, request)
             verdict = await self._decider.decide(domain, descriptors, hits_addend=_hits_addend(domain.http, headers))
         except LockgateError as error:
@@ -131,7 +137,7 @@ class GatewayHttp:
                 response = unknown_domain_response(len(descriptors))
             else:
                 verdict = await self._decider.decide(domain, descriptors, hits_addend=hits_addend)
-                if verdict.failure is not None and not verdict.allowed:
+                if verdict.store_failed and not verdict.allowed:
                     raise Unavailable(f"the store could not decide in time ({verdict.failure}); failure_mode deny")
                 response = response_from_verdict(verdict)
         except LockgateError as error:

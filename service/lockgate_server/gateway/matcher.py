@@ -12,19 +12,28 @@ distinct value apart, as envoyproxy/ratelimit's cache keys do.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
+from .. import limits
 from ..core.ops import Algorithm
 from .policy import UNIT_MS, DescriptorSpec, DomainPolicy, HttpSpec
 
-# State keys are built from these separators; policies and requests never contain control
-# characters (validated at the edge), so two different paths never meet in one key.
+# State keys are built from these separators. Policies and descriptor keys never contain
+# control characters (validated at the edge) and request values pass through storable_value,
+# so two different paths never meet in one key.
 PART = "\x1e"
 ENTRY = "\x1f"
 PAIR = "\x1d"
 OVERRIDE_PATH = "!override"
+
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_VALUE_DIGEST_MARK: Final = "~sha256:"
+_VALUE_DIGEST_HEX: Final = 32
+_VALUE_KEPT_LENGTH: Final = limits.GATEWAY_ENTRY_VALUE_MAX_LENGTH - len(_VALUE_DIGEST_MARK) - _VALUE_DIGEST_HEX
 
 Entries = Sequence[tuple[str, str]]
 
@@ -105,11 +114,27 @@ class CompiledDomain:
 
     def state_key(self, node: Node, entries: Entries) -> str:
         """The node's state for these actual values."""
-        return self.state_prefix + node.state_path + PART + ENTRY.join(value for _, value in entries)
+        return self.state_prefix + node.state_path + PART + ENTRY.join(storable_value(value) for _, value in entries)
 
     def override_key(self, entries: Entries) -> str:
         """A caller-supplied limit has no node: its state is named by the entries themselves."""
-        return self.state_prefix + OVERRIDE_PATH + PART + ENTRY.join(f"{key}{PAIR}{value}" for key, value in entries)
+        pairs = (f"{key}{PAIR}{storable_value(value)}" for key, value in entries)
+        return self.state_prefix + OVERRIDE_PATH + PART + ENTRY.join(pairs)
+
+
+def storable_value(value: str) -> str:
+    """A request's descriptor value as part of a state key: no control characters, bounded length.
+
+    Gateways forward whatever their clients send (envoyproxy/ratelimit accepts any value), and
+    refusing an odd value would fail the whole call, which Envoy by default lets through with
+    every limit skipped. So an odd value is kept, not refused: a readable prefix with control
+    characters replaced, and a digest of the whole value, so distinct values keep distinct
+    counters. Matching sees the value as sent; only the key is mapped.
+    """
+    if len(value) <= limits.GATEWAY_ENTRY_VALUE_MAX_LENGTH and (value.isprintable() or not _CONTROL.search(value)):
+        return value  # isprintable (fast, in C) is False for every control character, and for some others
+    digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:_VALUE_DIGEST_HEX]
+    return _CONTROL.sub("?", value[:_VALUE_KEPT_LENGTH]) + _VALUE_DIGEST_MARK + digest
 
 
 def compile_limit(
@@ -204,5 +229,25 @@ def _wildcard(value: str, mode: str) -> Callable[[str], bool] | None:
             return None
         prefix = value[:-1]
         return lambda actual: actual.startswith(prefix)
-    pattern = re.compile(".*".join(re.escape(part) for part in value.split("*")), re.DOTALL)
-    return lambda actual: pattern.fullmatch(actual) is not None
+    parts = value.split("*")
+    return lambda actual: glob_matches(parts, actual)
+
+
+def glob_matches(parts: Sequence[str], actual: str) -> bool:
+    """Whether `actual` matches the glob whose literal parts, split at each '*', are `parts`.
+
+    Linear in len(actual) (str.find, no backtracking): a regex of many '*' can take seconds on
+    one value, on the event loop every shard shares. The first and last parts anchor; each middle
+    part takes its leftmost place after the previous one, which is right for '*'-only globs:
+    an earlier place never leaves less room for the parts after it.
+    """
+    first, last = parts[0], parts[-1]
+    if len(actual) < len(first) + len(last) or not actual.startswith(first) or not actual.endswith(last):
+        return False
+    position, end = len(first), len(actual) - len(last)
+    for part in parts[1:-1]:
+        found = actual.find(part, position, end)
+        if found < 0:
+            return False
+        position = found + len(part)
+    return True

@@ -7,7 +7,10 @@ within GATEWAY_POLICY_REFRESH_MS. They live in one small hash outside every shar
   {lockgate:gateway}:policies   hash  domain -> the policy as JSON (our own format)
   {lockgate:gateway}:version    int   bumped with every change (nodes poll it)
 
-Both share one hash tag, so a change is one MULTI even on a Redis Cluster.
+Both share one hash tag, so a change is one MULTI even on a Redis Cluster, and a refresh reads
+both in one MULTI: a snapshot with its version. A node only ever installs a newer version than
+the one in force, so a slow refresh that read the store before a change was acknowledged never
+puts the older policy back.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -34,6 +37,7 @@ POLICIES_KEY: Final = "{lockgate:gateway}:policies"
 VERSION_KEY: Final = "{lockgate:gateway}:version"
 
 Source = Literal["file", "runtime"]
+_NOTHING_READ: Final = -1  # below every version the store has (0 before the first change)
 _encoder = msgspec.json.Encoder()
 
 
@@ -43,7 +47,7 @@ class PolicyRegistry:
         self._runtime: dict[str, DomainPolicy] = {}
         self._compiled: dict[str, CompiledDomain] = {}
         self._client: Any = None  # redis.asyncio.Redis; typed loosely like storage/log.py
-        self._version: int | None = None
+        self._version = _NOTHING_READ  # the store's version of the runtime policies in force
         self._rebuild()
 
     # --- the hot path ------------------------------------------------------------------------
@@ -70,25 +74,27 @@ class PolicyRegistry:
         async with self._store_errors(), self._client.pipeline(transaction=True) as pipe:
             pipe.hset(POLICIES_KEY, policy.domain, _encoder.encode(policy)).incr(VERSION_KEY)
             _, version = await pipe.execute()
-        self._runtime[policy.domain] = policy
-        await self._after_change(int(version))
+        await self._after_change(int(version), lambda runtime: runtime.__setitem__(policy.domain, policy))
 
     async def delete(self, domain: str) -> bool:
         """Drop the runtime change of `domain` (its file policy, if any, is in force again)."""
         async with self._store_errors(), self._client.pipeline(transaction=True) as pipe:
             pipe.hdel(POLICIES_KEY, domain).incr(VERSION_KEY)
             removed, version = await pipe.execute()
-        self._runtime.pop(domain, None)
-        await self._after_change(int(version))
+        await self._after_change(int(version), lambda runtime: runtime.pop(domain, None))
         return bool(removed)
 
-    async def _after_change(self, version: int) -> None:
-        if version == (self._version or 0) + 1:
+    async def _after_change(self, version: int, change: Callable[[dict[str, DomainPolicy]], object]) -> None:
+        """Put our acknowledged change (store version `version`) in force, and never an older state."""
+        if version == self._version + 1:  # nothing else changed since we last looked
+            change(self._runtime)
             self._version = version
             self._rebuild()
             return
-        # Another node changed something too since we last looked: read it all.
-        self._version = None
+        if version <= self._version:  # the store's counter went back: it was emptied, so start over
+            self._version = _NOTHING_READ
+        # Another node changed something too since we last looked (or a refresh already installed
+        # this change and more): read it all. The snapshot is at least `version`, never older.
         async with self._store_errors():
             await self.refresh()
 
@@ -112,11 +118,17 @@ class PolicyRegistry:
                 log.warning("could not look for policy changes: %r", error)
 
     async def refresh(self) -> None:
-        version_raw = await self._client.get(VERSION_KEY)
+        """Install the store's runtime policies if they are newer than those in force."""
+        if int(await self._client.get(VERSION_KEY) or 0) <= self._version:
+            return  # the cheap poll of every GATEWAY_POLICY_REFRESH_MS: nothing newer
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(VERSION_KEY).hgetall(POLICIES_KEY)
+            version_raw, stored = await pipe.execute()
         version = int(version_raw or 0)
-        if version == self._version:
+        # Checked after the last await, so nothing can land between the check and the install:
+        # a put acknowledged while this read was on its way has installed a newer version.
+        if version <= self._version:
             return
-        stored: dict[bytes, bytes] = await self._client.hgetall(POLICIES_KEY)
         runtime: dict[str, DomainPolicy] = {}
         for field, value in stored.items():
             domain = field.decode()

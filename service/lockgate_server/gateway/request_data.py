@@ -9,17 +9,14 @@ path to its path_prefix and keeps the method. The sources of policy.EntrySource 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Mapping
 from typing import Final
 
-from .. import limits
 from .decision import RequestDescriptor
 from .policy import EntrySource, HttpSpec
 
 Headers = Mapping[bytes, bytes]
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _API_KEY_DIGEST_HEX: Final = 32
 
 FORWARDED_HEADERS: Final[dict[str, tuple[str, ...]]] = {
@@ -35,15 +32,19 @@ _WIRE_NAMES: Final = {
 
 
 class RequestData:
-    """One check request's view: its headers (lower-case names), method and the path after the domain."""
+    """One check request's view: its headers (lower-case names), method and the path after the domain.
 
-    __slots__ = ("client", "headers", "method", "path")
+    trusted_hops: Settings.forwarded_for_trusted_hops, the proxies in front of the gateway.
+    """
 
-    def __init__(self, headers: Headers, method: str, path: str, client: str | None) -> None:
+    __slots__ = ("client", "headers", "method", "path", "trusted_hops")
+
+    def __init__(self, headers: Headers, method: str, path: str, client: str | None, *, trusted_hops: int = 0) -> None:
         self.headers = headers
         self.method = method
         self.path = path
         self.client = client
+        self.trusted_hops = trusted_hops
 
     def header(self, name: bytes) -> str | None:
         raw = self.headers.get(name)
@@ -68,7 +69,7 @@ def descriptors_for(spec: HttpSpec, request: RequestData) -> list[RequestDescrip
                 value = source.default
             if value is None:
                 break
-            entries.append((source.key, _storable(value)))
+            entries.append((source.key, value))  # any value: matcher.storable_value bounds its state key
         else:
             descriptors.append(RequestDescriptor(tuple(entries)))
     return descriptors
@@ -83,9 +84,13 @@ def _client_ip(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None
     forwarded_for, real_ip = _WIRE_NAMES["client_ip"]
     forwarded = request.header(forwarded_for)
     if forwarded:
-        first = forwarded.split(",", 1)[0].strip()
-        if first:
-            return first
+        hops = [hop for hop in (part.strip() for part in forwarded.split(",")) if hop]
+        if hops:
+            # Every proxy appends the address it got the request from, so only the right-most
+            # hops (the gateway's and those of the trusted proxies in front of it) are known to
+            # be true; anything left of them is whatever the client sent. With fewer hops than
+            # trusted proxies, the left-most was still written by one of them.
+            return hops[max(0, len(hops) - 1 - request.trusted_hops)]
     return request.header(real_ip) or request.client
 
 
@@ -128,16 +133,3 @@ _READERS: Final[dict[str, Callable[[EntrySource, HttpSpec, RequestData], str | N
     "header": _header,
     "value": _constant,
 }
-
-
-def _storable(value: str) -> str:
-    """Values become parts of state keys: no control characters, bounded length.
-
-    Replacing and hashing keep distinct values distinct enough and never drop a descriptor,
-    so an odd header cannot slip a request past its limit.
-    """
-    if _CONTROL.search(value):
-        value = _CONTROL.sub("?", value)
-    if len(value) > limits.GATEWAY_ENTRY_VALUE_MAX_LENGTH:
-        value = "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
-    return value

@@ -85,13 +85,14 @@ def check_entries(entries: Sequence[tuple[str, str]]) -> None:
         raise InvalidRequest("a descriptor needs at least one entry")
     if len(entries) > limits.GATEWAY_ENTRIES_PER_DESCRIPTOR_MAX:
         raise InvalidRequest(f"a descriptor has at most {limits.GATEWAY_ENTRIES_PER_DESCRIPTOR_MAX} entries")
-    for key, value in entries:
+    # Only keys are checked: they come from the gateway's configuration. Values are whatever a
+    # client sent; refusing one would fail the call and Envoy would skip every limit of it, so
+    # any value is accepted and matcher.storable_value bounds it in the state key.
+    for key, _ in entries:
         if not key or len(key) > limits.GATEWAY_ENTRY_KEY_MAX_LENGTH:
             raise InvalidRequest(f"descriptor keys have 1 to {limits.GATEWAY_ENTRY_KEY_MAX_LENGTH} characters")
-        if len(value) > limits.GATEWAY_ENTRY_VALUE_MAX_LENGTH:
-            raise InvalidRequest(f"descriptor values have at most {limits.GATEWAY_ENTRY_VALUE_MAX_LENGTH} characters")
-        if _CONTROL.search(key) or _CONTROL.search(value):
-            raise InvalidRequest("descriptor keys and values may not hold control characters")
+        if _CONTROL.search(key):
+            raise InvalidRequest("descriptor keys may not hold control characters")
 
 
 def response_from_verdict(verdict: Verdict) -> RateLimitResponse:
@@ -167,7 +168,7 @@ class RateLimitService:
             verdict = await self._decider.decide(domain, descriptors, hits_addend=hits_addend)
         except LockgateError as error:
             raise Abort(_status_of(error), error.detail) from error
-        if verdict.failure is not None and not verdict.allowed:
+        if verdict.store_failed and not verdict.allowed:
             raise Abort(
                 StatusCode.UNAVAILABLE, f"the store could not decide in time ({verdict.failure}); failure_mode deny"
             )
