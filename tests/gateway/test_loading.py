@@ -245,3 +245,35 @@ def test_requests_per_unit_takes_upstreams_whole_uint32_range() -> None:
     assert rate(limit_for(CompiledDomain(policy), ("k", "any"))) == (4_294_967_295, SECOND)
     with pytest.raises(PolicyError):
         parse_policies(text.replace(b"4294967295", b"4294967296"), source="p.yaml")
+
+
+def test_share_threshold_makes_a_wildcards_matches_share_one_counter() -> None:
+    text = b"""domain: d
+descriptors:
+  - key: path
+    value: /api/*
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: path
+    value: /img/*
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: user
+    descriptors:
+      - key: path
+        value: /x/*
+        share_threshold: true
+        rate_limit: {unit: minute, requests_per_unit: 5}
+"""
+    (policy,) = parse_policies(text, source="p.yaml")
+    domain = CompiledDomain(policy)
+
+    def key(*entries: tuple[str, str]) -> str:
+        node = domain.match(entries)
+        assert node is not None
+        return domain.state_key(node, entries)
+
+    assert key(("path", "/api/a")) == key(("path", "/api/b"))
+    assert key(("path", "/img/a")) != key(("path", "/img/b"))  # without it, one counter per value
+    # Only the shared entry is replaced: each user still has their own counter.
+    assert key(("user", "u1"), ("path", "/x/a")) == key(("user", "u1"), ("path", "/x/b"))
+    assert key(("user", "u1"), ("path", "/x/a")) != key(("user", "u2"), ("path", "/x/a"))

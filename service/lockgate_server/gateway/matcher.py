@@ -61,12 +61,17 @@ class Limit:
 
 
 class Node:
-    __slots__ = ("children", "limit", "state_path")
+    __slots__ = ("children", "limit", "shared", "state_path")
 
-    def __init__(self, state_path: str, limit: Limit | None, children: Level | None) -> None:
+    def __init__(
+        self, state_path: str, limit: Limit | None, children: Level | None, shared: tuple[str | None, ...] | None
+    ) -> None:
         self.state_path = state_path
         self.limit = limit
         self.children = children
+        # Per entry on the way here: the wildcard whose matches share one counter
+        # (share_threshold), else None for the actual value. None when no entry shares.
+        self.shared = shared
 
 
 class Level:
@@ -88,7 +93,7 @@ class CompiledDomain:
         self.policy = policy
         self.http = policy.http or HttpSpec()
         self.state_prefix = policy.domain + PART
-        self.root = _compile_level(policy, policy.descriptors, parent_path="", parent_label="")
+        self.root = _compile_level(policy, policy.descriptors, parent_path="", parent_label="", parent_shared=())
 
     def match(self, entries: Entries) -> Node | None:
         """The node the descriptor's last entry reaches, or None if the walk stops before it."""
@@ -114,7 +119,12 @@ class CompiledDomain:
 
     def state_key(self, node: Node, entries: Entries) -> str:
         """The node's state for these actual values."""
-        return self.state_prefix + node.state_path + PART + ENTRY.join(storable_value(value) for _, value in entries)
+        if node.shared is None:
+            values = [storable_value(value) for _, value in entries]
+        else:
+            pairs = zip(entries, node.shared, strict=True)
+            values = [pattern or storable_value(value) for (_, value), pattern in pairs]
+        return self.state_prefix + node.state_path + PART + ENTRY.join(values)
 
     def override_key(self, entries: Entries) -> str:
         """A caller-supplied limit has no node: its state is named by the entries themselves."""
@@ -173,7 +183,12 @@ def structured_string(text: str) -> str:
 
 
 def _compile_level(
-    policy: DomainPolicy, descriptors: list[DescriptorSpec], *, parent_path: str, parent_label: str
+    policy: DomainPolicy,
+    descriptors: list[DescriptorSpec],
+    *,
+    parent_path: str,
+    parent_label: str,
+    parent_shared: tuple[str | None, ...],
 ) -> Level:
     level = Level()
     for spec in descriptors:
@@ -182,13 +197,14 @@ def _compile_level(
         state_path = segment if not parent_path else parent_path + ENTRY + segment
         label_segment = spec.key if value is None else f"{spec.key}_{value}"
         label = label_segment if not parent_label else f"{parent_label}.{label_segment}"
+        matcher = None if value is None else _wildcard(value, policy.wildcards)
+        shared = (*parent_shared, value if matcher is not None and spec.share_threshold else None)
         children = (
-            _compile_level(policy, spec.descriptors, parent_path=state_path, parent_label=label)
+            _compile_level(policy, spec.descriptors, parent_path=state_path, parent_label=label, parent_shared=shared)
             if spec.descriptors
             else None
         )
-        node = Node(state_path, _compile_node_limit(policy, spec, label), children)
-        matcher = None if value is None else _wildcard(value, policy.wildcards)
+        node = Node(state_path, _compile_node_limit(policy, spec, label), children, shared if any(shared) else None)
         if value is None:
             level.by_key[spec.key] = node
         elif matcher is not None:

@@ -13,6 +13,7 @@ The shape is envoyproxy/ratelimit's YAML configuration, so its files load unchan
           name: <name>          # optional; another limit may `replaces` it
           replaces: [{name: <name>}]
         shadow_mode: <bool>     # decide and report, never deny
+        share_threshold: <bool> # every value this wildcard matches counts against one limit
         detailed_metric: <bool> # accepted; Lockgate never labels metrics per value
         value_to_metric: <bool> # accepted, as detailed_metric
         descriptors: [...]      # nested, matched against the next entry
@@ -104,6 +105,8 @@ class DescriptorSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, o
     rate_limit: RateLimitSpec | None = None
     descriptors: list[DescriptorSpec] = []
     shadow_mode: bool = False
+    # With a wildcard value: all the values it matches share one counter, not one each.
+    share_threshold: bool = False
     # Per-value metric names in envoyproxy/ratelimit: an unbounded label set, so only accepted.
     detailed_metric: bool = False
     value_to_metric: bool = False
