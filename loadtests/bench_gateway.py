@@ -141,12 +141,10 @@ class Server(ServerProcess):
     """`python -m lockgate_server` on the benchmark's Valkey, with the benchmark's policy."""
 
     def __init__(self, folder: Path, valkey: EmbeddedValkey) -> None:
-        self.grpc_port = free_port()
         policy = folder / "gateway.yaml"
         policy.write_text(POLICY)
         env = {
             "LOCKGATE_REDIS_URL": valkey.url,
-            "LOCKGATE_GRPC_PORT": str(self.grpc_port),
             "LOCKGATE_POLICY_FILES": str(policy),
             "LOCKGATE_LOG_LEVEL": "warning",
         }

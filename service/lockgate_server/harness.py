@@ -54,8 +54,10 @@ class ServerProcess:
         self.extra_env = dict(env or {})
         # Chosen together, so they differ: the HTTP and gRPC ports probed one after the other
         # could be the same free port twice.
-        self.port, self.grpc_port = free_ports(2)
+        self.port, grpc_port = free_ports(2)
         self.port = port or self.port
+        # A caller's own LOCKGATE_GRPC_PORT wins; grpc_port always says where the server listens.
+        self.grpc_port = int(self.extra_env.get("LOCKGATE_GRPC_PORT", grpc_port))
         self.shards = shards
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server-{self.port}.log"
