@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import unquote
 
 import httptools
 
@@ -195,7 +196,7 @@ class HttpConnection(asyncio.Protocol):
             "http_version": self._parser.get_http_version(),
             "method": self._parser.get_method().decode("ascii"),
             "scheme": "http",
-            "path": _unquote(path) if "%" in path else path,
+            "path": unquote(path) if "%" in path else path,
             "raw_path": url.path,
             "query_string": url.query or b"",
             "root_path": "",
@@ -495,9 +496,3 @@ def _address(info: Any) -> tuple[str, int] | None:
     if isinstance(info, tuple) and len(info) >= 2:
         return str(info[0]), int(info[1])
     return None
-
-
-def _unquote(path: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(path)

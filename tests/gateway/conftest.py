@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import grpc
+import httpx
 import pytest
+
+from lockgate_server.gateway.proto.envoy.service.ratelimit.v3.rls_pb2_grpc import RateLimitServiceStub
 
 from .support import GatewayServer
 
@@ -35,3 +39,16 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     yield start
     for server in started:
         server.stop()
+
+
+# For modules that define a `server` fixture of their own.
+@pytest.fixture
+async def stub(server: GatewayServer) -> AsyncIterator[RateLimitServiceStub]:
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        yield RateLimitServiceStub(channel)
+
+
+@pytest.fixture
+def client(server: GatewayServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        yield http

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -50,12 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     instance = GatewayServer(folder / "data", {"LOCKGATE_POLICY_FILES": files}).start()
     yield instance
     instance.stop()
-
-
-@pytest.fixture
-async def stub(server: GatewayServer) -> AsyncIterator[RateLimitServiceStub]:
-    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-        yield RateLimitServiceStub(channel)
 
 
 async def ask(stub: RateLimitServiceStub, domain: str, *descriptors: RateLimitDescriptor, **fields: Any) -> Any:

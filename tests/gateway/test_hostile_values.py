@@ -3,9 +3,8 @@ gRPC and /json, forged X-Forwarded-For hops, and wildcard patterns built to back
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
-import grpc
 import httpx
 import pytest
 
@@ -47,18 +46,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     instance = GatewayServer(folder / "data", {"LOCKGATE_POLICY_FILES": str(folder / "policy.yaml")}).start()
     yield instance
     instance.stop()
-
-
-@pytest.fixture
-async def stub(server: GatewayServer) -> AsyncIterator[RateLimitServiceStub]:
-    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-        yield RateLimitServiceStub(channel)
-
-
-@pytest.fixture
-def client(server: GatewayServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
-        yield http
 
 
 def descriptor(key: str, value: str) -> RateLimitDescriptor:

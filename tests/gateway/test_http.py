@@ -46,12 +46,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     instance.stop()
 
 
-@pytest.fixture
-def client(server: GatewayServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
-        yield http
-
-
 def check(client: httpx.Client, path: str = "/check/api", **headers: str) -> httpx.Response:
     return client.get(path, headers=headers)
 
