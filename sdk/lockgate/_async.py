@@ -199,6 +199,13 @@ async def _read_response(reader: asyncio.StreamReader, head: bytes) -> tuple[int
 
 _Item = tuple[Send, "asyncio.Future[Response]"]
 
+# One tick's calls leave as several batches of at most this many, not as one: while the server
+# applies and commits the first, this process is still encoding the next and reading answers.
+# One batch per tick runs client, server and store in lock-step. 64 tasks through one client
+# (loadtests/bench_sdk.py, 2 cores): 32 per batch gave 22-28k checks/s, 64 or 256 gave 14-22k;
+# 16 or fewer pays for more requests than the overlap wins.
+MAX_BATCH_OPS = 32
+
 
 class _Batcher:
     """Calls made in the same event-loop tick leave as one /v1/batch request.
@@ -278,7 +285,7 @@ class AsyncClient:
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         batching: bool = True,
-        max_batch_ops: int = 256,
+        max_batch_ops: int = MAX_BATCH_OPS,
         max_connections: int = 32,
     ) -> None:
         """`url`: a node, or every node of a deployment (a list, or comma-separated): the client

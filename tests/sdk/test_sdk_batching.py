@@ -11,11 +11,13 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from lockgate import AsyncClient, Conflict, LockHeld
+from lockgate._async import MAX_BATCH_OPS
 
 if TYPE_CHECKING:
     from conftest import ServerFactory, ServerProcess
 
 N = 200
+FEW = -(-N // MAX_BATCH_OPS) + 2  # N calls in batches of MAX_BATCH_OPS, give or take a tick boundary
 V1_REQUESTS = ("lockgate_http_requests_total", 'route="v1"')
 
 
@@ -33,7 +35,7 @@ async def test_concurrent_counter_adds_share_few_requests(start_server: ServerFa
         assert sorted(results) == list(range(1, N + 1))  # every add got its own, exact answer
         assert await lg.counter("c").get() == N
         assert sent == served  # the server saw exactly what the client sent
-        assert 1 <= sent <= 5, f"{N} concurrent adds took {sent} HTTP requests"
+        assert 1 <= sent <= FEW, f"{N} concurrent adds took {sent} HTTP requests"
 
 
 async def test_concurrent_rate_checks_share_few_requests_and_are_exact(start_server: ServerFactory) -> None:
@@ -43,7 +45,7 @@ async def test_concurrent_rate_checks_share_few_requests_and_are_exact(start_ser
         decisions = await asyncio.gather(*(lg.rate_limit("api", limit=150, per=3600) for _ in range(N)))
         sent = lg.requests_sent - sent_before
         assert sent == _v1_requests(server) - served_before
-        assert sent <= 5
+        assert sent <= FEW
         assert sum(1 for d in decisions if d.allowed) == 150
         assert all(d.retry_after > 0 for d in decisions if not d.allowed)
         assert sorted(d.remaining for d in decisions if d.allowed) == list(range(150))
@@ -65,7 +67,7 @@ async def test_mixed_batch_keeps_each_answer_and_error_apart(start_server: Serve
             lg.lock_status("held"),
             return_exceptions=True,
         )
-        assert lg.requests_sent - sent_before <= 3
+        assert lg.requests_sent - sent_before <= -(-154 // MAX_BATCH_OPS) + 2
         adds, (plain, decision, refused, status) = results[:150], results[150:]
         granted = [value for value in adds if isinstance(value, int)]
         assert sorted(granted) == list(range(1, 101))
