@@ -34,6 +34,7 @@ from .ops import (
     Granted,
     Inspect,
     LeaseKind,
+    ObjectCommand,
     Queued,
     RateCheck,
     RateCheckAll,
@@ -78,18 +79,20 @@ class Snapshot(msgspec.Struct, array_like=True):
 
 
 _ABSENT: Final = object()
-_REMEMBERED: Final = (
-    Acquire,
-    Release,
-    Renew,
-    CounterAdd,
-    CounterSet,
-    CounterCompareAndSet,
-    RateCheck,
-    RateReset,
-    RateCheckAll,
-)
-"""Commands whose first answer a repeat of their request_id gets."""
+_REMEMBERED: Final[dict[type, str | None]] = {
+    Acquire: None,  # None: the command's own kind (lock or semaphore)
+    Release: None,
+    Renew: None,
+    CounterAdd: "counter",
+    CounterSet: "counter",
+    CounterCompareAndSet: "counter",
+    RateCheck: "ratelimit",
+    RateReset: "ratelimit",
+    RateCheckAll: "ratelimit",
+}
+"""Commands whose first answer a repeat of their request_id gets, and the kind their memory key names.
+
+A lookup by type, as `_READERS` and `_MUTATORS`: isinstance over unions showed in the hot path."""
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
@@ -110,14 +113,6 @@ def _add(counts: dict[str, int], namespace: str, delta: int) -> None:
 
 def _memory_key(kind: str, namespace: str, name: str, request_id: str) -> str:
     return f"{kind}/{namespace}/{name}#{request_id}"
-
-
-def _kind_of(cmd: Command) -> str:
-    if isinstance(cmd, Acquire | Release | Renew | CancelWait | ForceRelease | Inspect | FenceCheck):
-        return cmd.kind
-    if isinstance(cmd, CounterAdd | CounterSet | CounterCompareAndSet | CounterGet):
-        return "counter"
-    return "ratelimit"
 
 
 class ShardState:
@@ -149,8 +144,10 @@ class ShardState:
         # CancelWait carries the acquire's request_id to forget it, not to be remembered by it.
         request_id = None if isinstance(cmd, CancelWait) else getattr(cmd, "request_id", None)
         if request_id is not None:
-            assert isinstance(cmd, _REMEMBERED), f"{type(cmd).__name__} takes no request_id"
-            memory_key = _memory_key(_kind_of(cmd), cmd.namespace, cmd.name, request_id)
+            assert type(cmd) in _REMEMBERED, f"{type(cmd).__name__} takes no request_id"
+            target = cast(ObjectCommand, cmd)
+            kind = _REMEMBERED[type(cmd)] or cast(Acquire | Release | Renew, cmd).kind
+            memory_key = _memory_key(kind, target.namespace, target.name, request_id)
             remembered = self.remembered.get(memory_key)
             if remembered is not None:
                 return Applied(remembered.result, [], False, self.lsn)
@@ -368,19 +365,28 @@ class ShardState:
 
     def creates_object(self, cmd: Command) -> str | None:
         """The namespace `cmd` would add a new object to, if it would (a read of state)."""
-        match cmd:
-            case Acquire(kind=kind, namespace=namespace, name=name):
-                table: dict[str, Any] = self._pools(kind)
-            case CounterAdd(namespace=namespace, name=name) | CounterSet(namespace=namespace, name=name):
-                table = self.counters
-            case RateCheck(namespace=namespace, name=name) if cmd.cost:
-                table = self.rates
-            case RateCheckAll(namespace=namespace) if not is_read(cmd):
-                missing = any(object_key(namespace, item.key) not in self.rates for item in cmd.items)
-                return namespace if missing else None
-            case _:
+        # By type identity, not `match` on class patterns: this runs for every command.
+        kind = type(cmd)
+        table: Mapping[str, Any]
+        if kind is RateCheck:
+            if not cast(RateCheck, cmd).cost:
                 return None
-        return None if object_key(namespace, name) in table else namespace
+            table = self.rates
+        elif kind is Acquire:
+            table = self._pools(cast(Acquire, cmd).kind)
+        elif kind is CounterAdd or kind is CounterSet:
+            table = self.counters
+        elif kind is RateCheckAll:
+            check_all = cast(RateCheckAll, cmd)
+            if is_read(check_all):
+                return None
+            namespace = check_all.namespace
+            missing = any(object_key(namespace, item.key) not in self.rates for item in check_all.items)
+            return namespace if missing else None
+        else:
+            return None
+        target = cast(ObjectCommand, cmd)
+        return None if object_key(target.namespace, target.name) in table else target.namespace
 
     def _count_objects(self) -> None:
         counts: dict[str, int] = {}

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio as aioredis
 
 from ..core.ops import AnyCommand
-from .resp import RespConnection, pack
+from .resp import RespConnection, bulk, int_bulk
 
 LOG_FORMAT_VERSION: Final = 1
 RECOVERY_PAGE_RECORDS: Final = 1000
@@ -218,6 +218,24 @@ def shard_keys(shard: int) -> ShardKeys:
     return ShardKeys(*(f"{tag}:{part}" for part in ShardKeys._fields))
 
 
+def commit_command(sha: str, appends: list[ShardAppend]) -> bytes:
+    """EVALSHA of COMMIT_SCRIPT, as RESP. Built here rather than by `pack`: it runs for every
+    commit with 7 arguments per shard touched, and `pack`'s per-argument work was about a
+    seventh of the node's CPU under batched checks."""
+    count = len(appends)
+    out = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + 7 * count), bulk(sha.encode()), int_bulk(3 * count)]
+    out += [_commit_key_bulks(append.shard) for append in appends]
+    for append in appends:
+        out += (int_bulk(append.epoch), int_bulk(append.prev_lsn), int_bulk(append.last_lsn), bulk(append.record))
+    return b"".join(out)
+
+
+@functools.cache  # one entry per shard of the node
+def _commit_key_bulks(shard: int) -> bytes:
+    keys = shard_keys(shard)
+    return b"".join(bulk(key.encode()) for key in (keys.epoch, keys.lsn, keys.log))
+
+
 def _claim_keys(shard: int) -> tuple[str, str, str]:
     keys = shard_keys(shard)
     return keys.epoch, keys.owner, keys.taker
@@ -258,15 +276,9 @@ class RedisLog:
         Commits are pipelined and reach the store in the order sent. Check the reply with
         `check_commit`.
         """
-        keys: list[str] = []
-        args: list[bytes | int] = []
-        for append in appends:
-            of_shard = shard_keys(append.shard)
-            keys += [of_shard.epoch, of_shard.lsn, of_shard.log]
-            args += [append.epoch, append.prev_lsn, append.last_lsn, append.record]
         assert self._commit_sha is not None, "connect() first"
         await self._commits.connect()
-        return self._commits.send(pack(b"EVALSHA", self._commit_sha, len(keys), *keys, *args))
+        return self._commits.send(commit_command(self._commit_sha, appends))
 
     def reset_commits(self) -> None:
         """Drop the commit connection: every commit still awaiting a reply has an unknown outcome."""

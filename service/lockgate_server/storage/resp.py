@@ -35,6 +35,15 @@ def pack(*parts: bytes | str | int) -> bytes:
     return b"".join(out)
 
 
+def bulk(data: bytes) -> bytes:
+    """One RESP bulk string; the commit path joins these itself instead of calling `pack`."""
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def int_bulk(value: int) -> bytes:
+    return bulk(b"%d" % value)
+
+
 def tls_context(options: dict[str, Any]) -> ssl.SSLContext | None:
     """For a rediss:// URL, the TLS settings redis-py reads from the same URL (so both of the
     node's connections to the store agree): ssl_ca_certs, ssl_certfile/ssl_keyfile for client
