@@ -63,7 +63,7 @@ from ..storage.log import (
 )
 from ..storage.resp import RespError
 from .routing import shard_of
-from .slots import GateFuture, PendingCommit, Slot, SlotStatus, new_lease_id
+from .slots import GateFuture, PendingCommit, Slot, SlotStatus, new_lease_id, wait_gate
 from .snapshots import SnapshotJob, SnapshotMode, Snapshotter
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "GateFuture", "SlotStatus", "Submitted", "new_lease_id"]
@@ -286,9 +286,13 @@ class Engine:
         return self._object_tally.get(namespace, 0)
 
     # --- the hot path ---------------------------------------------------------------------------
-    async def execute(self, cmd: Command) -> tuple[Result, int]:
-        """Apply `cmd` and answer once everything it observed is durable: (result, lsn)."""
-        return await self.finish(self.submit(cmd))
+    async def execute(self, cmd: Command, *, gate_timeout_s: float | None = None) -> tuple[Result, int]:
+        """Apply `cmd` and answer once everything it observed is durable: (result, lsn).
+
+        With `gate_timeout_s`, TimeoutError if that wait for durability takes longer (the
+        commit goes on); a command that queues for its turn waits by its own `wait_ms` instead.
+        """
+        return await self.finish(self.submit(cmd), gate_timeout_s=gate_timeout_s)
 
     def submit(self, cmd: Command) -> Submitted:
         """The synchronous half of `execute`: sequence `cmd` now; `finish` waits for its answer.
@@ -319,11 +323,11 @@ class Engine:
             self._waiters.setdefault(applied.result.lease_id, (slot.shard, []))[1].append(turn)
         return Submitted(cmd, slot, generation, applied, turn)
 
-    async def finish(self, submitted: Submitted) -> tuple[Result, int]:
+    async def finish(self, submitted: Submitted, *, gate_timeout_s: float | None = None) -> tuple[Result, int]:
         slot, applied, turn = submitted.slot, submitted.applied, submitted.turn
         result = applied.result
         if turn is None:
-            await self._through_gate(slot, submitted.generation)
+            await self._through_gate(slot, submitted.generation, gate_timeout_s)
             return result, applied.lsn
         assert isinstance(result, Queued)
         try:
@@ -341,16 +345,18 @@ class Engine:
             return answer, answer.token
         return answer, slot.state.lsn
 
-    async def _through_gate(self, slot: Slot, generation: int) -> None:
+    async def _through_gate(self, slot: Slot, generation: int, timeout_s: float | None = None) -> None:
         """The output gate: return once the commit covering what the caller saw is durable."""
         gate = slot.covering
         if gate is self._pending.gate:
             self._want_pending()
         if gate is not None:
-            if not gate.done():
+            if gate.done():
+                gate.result()
+            elif timeout_s is None:
                 await gate
             else:
-                gate.result()
+                await wait_gate(gate, timeout_s)
         if slot.generation != generation:
             raise OutcomeUnknown("the shard reloaded from the store; retry with the same request_id")
 

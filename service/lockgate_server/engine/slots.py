@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import os
 import time
 
@@ -31,6 +32,33 @@ def new_gate() -> GateFuture:
     # Failures are delivered to every awaiting caller; nobody awaiting is not an error.
     gate.add_done_callback(lambda done: done.exception())
     return gate
+
+
+async def wait_gate(gate: GateFuture, timeout_s: float) -> None:
+    """Wait for `gate` (its failure raised here too), or TimeoutError once `timeout_s` passed
+    while the commit itself goes on for everyone else.
+
+    A plain future that the gate or a timer completes: no task per caller, which a gateway
+    check paid for on every request when its timeout wrapped the whole execute.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    wake = functools.partial(_wake, waiter)
+    gate.add_done_callback(wake)
+    timer = loop.call_later(timeout_s, _wake, waiter, None)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        gate.remove_done_callback(wake)
+    if not gate.done():
+        raise TimeoutError(f"the store did not answer within {round(timeout_s * 1000)} ms")
+    gate.result()
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Slot:

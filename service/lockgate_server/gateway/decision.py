@@ -10,12 +10,10 @@ _namespace_full.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 from .. import limits
 from ..core.ops import RateCheckAll, RateDecisions, RateItem, RateResetAll
@@ -99,7 +97,8 @@ class Decider:
         else:
             command = RateCheckAll(namespace=limits.GATEWAY_NAMESPACE, name=domain.name, items=plan.items)
             try:
-                result, lsn = await _within(self._engine().execute(command), domain.policy.failure_timeout_ms)
+                timeout_s = domain.policy.failure_timeout_ms / 1000
+                result, lsn = await self._engine().execute(command, gate_timeout_s=timeout_s)
             except QuotaExceeded as error:
                 if not self._namespace_full_logged:
                     self._namespace_full_logged = True
@@ -260,37 +259,3 @@ def _namespace_full(plan: _Plan) -> Verdict:
             status.reset_after_ms = status.retry_after_ms = status.limit.window_ms
     allowed = not any(status.denies for status in plan.statuses)
     return Verdict(allowed=allowed, statuses=plan.statuses, failure="quota-exceeded")
-
-
-async def _within(work: Coroutine[Any, Any, T], timeout_ms: int) -> T:
-    """The result of `work`, or TimeoutError after timeout_ms while the work itself goes on.
-
-    Cancelling the work would not be quicker: the engine's commit gate refuses cancellation
-    (one caller leaving must not cancel a commit for all). So the caller waits on a plain
-    future that the work or a timer completes, whichever comes first.
-    """
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(work)
-    waiter = loop.create_future()
-    task.add_done_callback(partial(_wake, waiter))
-    timer = loop.call_at(loop.time() + timeout_ms / 1000, _wake, waiter, None)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        if not task.done():
-            task.add_done_callback(_consume)
-    if not task.done():
-        raise TimeoutError(f"the store did not answer within {timeout_ms} ms")
-    return task.result()
-
-
-def _wake(waiter: asyncio.Future[None], _: object) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    """Nobody waits for an abandoned check any more; its outcome must not be reported as lost."""
-    if not task.cancelled():
-        task.exception()
