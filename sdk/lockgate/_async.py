@@ -208,7 +208,7 @@ MAX_BATCH_OPS = 32
 
 
 class _Batcher:
-    """Calls made in the same event-loop tick leave as one /v1/batch request.
+    """Calls made in the same event-loop tick leave together, in /v1/batch requests of at most `max_ops`.
 
     Each caller waits for its own answer under its own deadline (see `AsyncClient._send`); the
     batch request itself may take as long as the most patient of them.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 from .. import limits
 from ..core.ops import RateCheckAll, RateDecisions, RateItem, RateResetAll
@@ -22,8 +22,6 @@ from ..errors import InvalidRequest, LockgateError, QuotaExceeded
 from .matcher import CompiledDomain, Entries, Limit, compile_limit
 from .policy import UNIT_MS
 from .telemetry import GatewayMetrics
-
-T = TypeVar("T")
 
 log = logging.getLogger("lockgate.gateway")
 
