@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lockgate_server.core.ops import Acquire, CounterAdd, Granted, Release, Released
+from lockgate_server.core.ops import (
+    Acquire,
+    CasOutcome,
+    CounterAdd,
+    CounterCompareAndSet,
+    Granted,
+    Release,
+    Released,
+)
 from lockgate_server.engine.node import Engine, new_lease_id
 from lockgate_server.errors import QuotaExceeded
 
@@ -68,3 +76,17 @@ async def test_a_restarted_node_counts_what_it_replays(engines: Engines) -> None
     assert restarted.objects_in(NAMESPACE) == per_shard_total(restarted, NAMESPACE) == LIMIT
     with pytest.raises(QuotaExceeded):
         await restarted.execute(acquire(names[LIMIT]))
+
+
+async def test_a_compare_and_set_that_creates_a_counter_counts_against_the_limit(engines: Engines) -> None:
+    """A missing counter reads 0, so a CAS expecting 0 creates it: the quota applies to it too."""
+    engine = await engines.start(engines.config(max_objects_per_namespace=1))
+    await engine.execute(CounterAdd(namespace=NAMESPACE, name="first", delta=1))
+    with pytest.raises(QuotaExceeded):
+        await engine.execute(CounterCompareAndSet(namespace=NAMESPACE, name="second", expected=0, value=7))
+    # One that cannot create anything answers as a CAS, not as a refusal.
+    missed, _ = await engine.execute(CounterCompareAndSet(namespace=NAMESPACE, name="second", expected=3, value=7))
+    assert missed == CasOutcome(swapped=False, value=0)
+    swapped, _ = await engine.execute(CounterCompareAndSet(namespace=NAMESPACE, name="first", expected=1, value=2))
+    assert swapped == CasOutcome(swapped=True, value=2)
+    assert engine.objects_in(NAMESPACE) == 1

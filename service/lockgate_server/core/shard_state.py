@@ -376,6 +376,11 @@ class ShardState:
             table = self._pools(cast(Acquire, cmd).kind)
         elif kind is CounterAdd or kind is CounterSet:
             table = self.counters
+        elif kind is CounterCompareAndSet:
+            swap = cast(CounterCompareAndSet, cmd)
+            if swap.expected != 0 or swap.value == 0:
+                return None  # a missing counter reads 0: only "expect 0, set non-zero" can create it
+            table = self.counters
         elif kind is RateCheckAll:
             check_all = cast(RateCheckAll, cmd)
             if is_read(check_all):
