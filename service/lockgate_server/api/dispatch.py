@@ -9,7 +9,6 @@ and no per-request dependency resolution. Litestar serves everything else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -81,10 +80,10 @@ class Dispatcher:
                 call = self._call_for(principal, route, params)
                 argument = await self._argument(route, scope, receive, headers)
                 if route.may_block and getattr(argument, "wait_ms", 0) > 0:
-                    response = await self._unless_disconnected(route.handle(call, argument), receive)
+                    response = await unless_disconnected(route.handle(call, argument), receive)
                 else:
                     response = await route.handle(call, argument)
-        except _ClientLeft:
+        except ClientLeft:
             self._metrics.observe(operation, "client_left", time.perf_counter() - started)
             return
         except LockgateError as error:
@@ -139,28 +138,13 @@ class Dispatcher:
         while message.get("more_body", False):
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise _ClientLeft()
+                raise ClientLeft()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"the body may have at most {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    async def _unless_disconnected(self, work: Awaitable[msgspec.Struct], receive: Receive) -> msgspec.Struct:
-        """A waiting acquire whose client hangs up leaves the line and is never granted."""
-        task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(wait_disconnect(receive))
-        try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()  # the engine takes the caller out of line, or gives back a grant it just made
-        with contextlib.suppress(asyncio.CancelledError, LockgateError):
-            await task
-        raise _ClientLeft()
 
     # --- batch --------------------------------------------------------------------------------------
     async def _run_batch(self, principal: Principal, body: bytes, headers: dict[bytes, bytes]) -> schemas.BatchResponse:
@@ -233,12 +217,43 @@ class Dispatcher:
         return route, call, argument
 
 
-class _ClientLeft(Exception):
-    pass
+class ClientLeft(Exception):
+    """The client hung up before its answer was ready: nobody is left to answer."""
 
 
 class _Malformed(Exception):
     pass
+
+
+async def unless_disconnected(work: Awaitable[msgspec.Struct], receive: Receive) -> msgspec.Struct:
+    """A waiting acquire whose client hangs up leaves the line and is never granted.
+
+    The work runs in this task, and a watcher cancels the task if the client leaves while
+    it waits. A task of its own raced by asyncio.wait cost two more loop turns between a
+    grant and its answer, and a contended lock hands off at the pace of those turns.
+    """
+    me = asyncio.current_task()
+    assert me is not None
+    watching, left = True, False
+
+    def client_left(_: object) -> None:
+        nonlocal left
+        if watching:  # a watcher that ends after the work did must not cancel what comes next
+            left = True
+            me.cancel()
+
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
+    watcher.add_done_callback(client_left)
+    try:
+        return await work  # on our cancel the engine takes the caller out of line (or gives back its grant)
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        me.uncancel()
+        raise ClientLeft() from None
+    finally:
+        watching = False
+        watcher.cancel()
 
 
 async def wait_disconnect(receive: Receive) -> None:

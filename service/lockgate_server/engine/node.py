@@ -335,7 +335,14 @@ class Engine:
             # queueing (same shard, earlier LSN); a dropped speculation fails the turn.
             if slot.generation != submitted.generation:
                 raise OutcomeUnknown("the shard reloaded from the store; retry with the same request_id")
-            answer = await asyncio.wait_for(turn, getattr(submitted.cmd, "wait_ms", 0) / 1000 + WAIT_GRACE_S)
+            # A bare timer on the caller's own future, not wait_for: wait_for relays the
+            # answer through a future of its own, one more loop turn in every lock hand-off.
+            limit_s = getattr(submitted.cmd, "wait_ms", 0) / 1000 + WAIT_GRACE_S
+            timer = asyncio.get_running_loop().call_later(limit_s, _expire_turn, turn)
+            try:
+                answer = await turn
+            finally:
+                timer.cancel()
         except BaseException:
             self._leave_line(slot, submitted.cmd, result.lease_id)
             raise
@@ -724,6 +731,12 @@ async def _cancellable(call: Awaitable[T]) -> T:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
+
+
+def _expire_turn(turn: asyncio.Future[Result]) -> None:
+    """The engine's own bound on a queued wait; the state machine answers a due wait long before."""
+    if not turn.done():
+        turn.set_exception(TimeoutError("no answer for a queued acquire within its wait and the grace"))
 
 
 def _fail_gate(gate: GateFuture, error: LockgateError) -> None:
