@@ -466,9 +466,13 @@ class Engine:
                 await self._replied.wait()
                 continue
             pending, appends, reply, sent_at = self._in_flight[0]
+            # A timer that fails the reply, not asyncio.timeout around a shield: the shield
+            # relayed every commit's reply through one more future, one more loop turn
+            # before any caller of the commit could be answered.
+            left_s = max(0.0, sent_at + timeout_s - time.perf_counter())
+            timer = asyncio.get_running_loop().call_later(left_s, _time_out_reply, reply, timeout_s)
             try:
-                async with asyncio.timeout(max(0.0, sent_at + timeout_s - time.perf_counter())):
-                    check_commit(await asyncio.shield(reply), appends)
+                check_commit(await reply, appends)
             except FenceRefused as refused:
                 # Another node may have taken the shards, or our own take outran this commit:
                 # the reloads tell which, and take back only what is still ours.
@@ -484,6 +488,8 @@ class Engine:
                 self._record_commit(pending, appends, time.perf_counter() - sent_at)
                 pending.gate.set_result(None)
                 self._deliver(pending.notices)
+            finally:
+                timer.cancel()
             if self._pending.wanted:
                 self._wakeup.set()
 
@@ -731,6 +737,11 @@ async def _cancellable(call: Awaitable[T]) -> T:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
+
+
+def _time_out_reply(reply: asyncio.Future[Any], timeout_s: float) -> None:
+    if not reply.done():  # the reader skips a reply nobody waits for any more
+        reply.set_exception(TimeoutError(f"no reply to a commit within {timeout_s:.3f} s"))
 
 
 def _expire_turn(turn: asyncio.Future[Result]) -> None:

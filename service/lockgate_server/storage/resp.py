@@ -5,7 +5,7 @@ packing and encoding at ~15% of the node's CPU, all of it inside the commit cycl
 caller waits on; packing the bytes ourselves and parsing replies with hiredis (redis-py's
 own accelerator) removes most of that. Commits are pipelined: the next one is written
 before the previous reply arrives, and replies come back in the order sent, so each
-`send` gets a future resolved in order by one reader. Any failure closes the connection
+`send` gets a future that the connection's protocol resolves in order. Any failure closes the connection
 and fails every outstanding future: after that nobody can tell which replies belong to
 whom, so every outstanding outcome is unknown.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -70,16 +70,57 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+class _Replies(asyncio.Protocol):
+    """One connection's replies, matched in order to the futures of what was sent on it.
+
+    Parsed as the bytes arrive, in the transport's callback: a reader task on a StreamReader
+    woke one loop turn later for every reply, and every commit's callers waited for that turn.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._parser = hiredis.Reader()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        try:
+            while (reply := self._parser.gets()) is not False:
+                future = self.waiting.popleft()
+                if future.done():
+                    continue  # its caller stopped waiting
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(RespError(str(reply)))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as failure:
+            self.fail_all(ConnectionError(f"commit connection failed: {failure!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc!r}" if exc is not None else ""
+        self.fail_all(ConnectionError(f"the store closed the connection{reason}"))
+
+    def fail_all(self, error: BaseException) -> None:
+        """Every reply still awaited fails; nobody can tell any more which reply is whose."""
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+
 class RespConnection:
     def __init__(self, url: str) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._replies: _Replies | None = None
         self._connecting: asyncio.Future[None] | None = None
 
     async def connect(self) -> None:
-        if self._writer is not None:
+        if self._open_replies() is not None:
             return
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
@@ -89,13 +130,17 @@ class RespConnection:
             if self._connecting is not None and self._connecting.done():
                 self._connecting = None
 
+    def _open_replies(self) -> _Replies | None:
+        replies = self._replies
+        if replies is not None and (replies.transport is None or replies.transport.is_closing()):
+            self._replies = replies = None  # the store closed it: the next commit reconnects
+        return replies
+
     async def _open(self) -> None:
         options = self._options
-        reader, writer = await asyncio.open_connection(
-            options.get("host", "127.0.0.1"), int(options.get("port", 6379)), ssl=tls_context(options)
+        _, self._replies = await asyncio.get_running_loop().create_connection(
+            _Replies, options.get("host", "127.0.0.1"), int(options.get("port", 6379)), ssl=tls_context(options)
         )
-        self._writer = writer
-        self._reader_task = asyncio.ensure_future(self._read_replies(reader))
         password = options.get("password")
         if password:
             username = options.get("username")
@@ -105,54 +150,22 @@ class RespConnection:
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         """Write one command now; the future gets its reply (or the connection's failure)."""
-        if self._writer is None:
+        replies = self._open_replies()
+        if replies is None or replies.transport is None:
             raise ConnectionError("not connected")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # A caller that stopped waiting (a stopped node) must not leave an unretrieved error.
         future.add_done_callback(_retrieve)
-        self._waiting.append(future)
-        self._writer.write(packed)
+        replies.waiting.append(future)
+        replies.transport.write(packed)
         return future
 
     async def call(self, packed: bytes) -> Any:
         await self.connect()
         return await self.send(packed)
 
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        parser = hiredis.Reader()
-        error: BaseException = ConnectionError("the store closed the connection")
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    future = self._waiting.popleft()
-                    if future.done():
-                        continue
-                    if isinstance(reply, hiredis.ReplyError):
-                        future.set_exception(RespError(str(reply)))
-                    else:
-                        future.set_result(reply)
-        except (OSError, hiredis.ProtocolError, IndexError) as failure:
-            error = ConnectionError(f"commit connection failed: {failure!r}")
-        except asyncio.CancelledError:
-            error = ConnectionError("the commit connection was closed")
-        self._fail_all(error)
-
-    def _fail_all(self, error: BaseException) -> None:
-        while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = None
-
     def close(self) -> None:
         """Drop the connection; every reply still awaited fails (its outcome is unknown)."""
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            self._reader_task = None
-        self._fail_all(ConnectionError("the commit connection was closed"))
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            replies.fail_all(ConnectionError("the commit connection was closed"))
