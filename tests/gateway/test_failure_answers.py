@@ -65,6 +65,9 @@ async def test_a_full_namespace_denies_new_keys_as_over_limit_not_as_a_store_out
     assert [status.denies for status in verdict.statuses] == [True, True]
     assert response_from_verdict(verdict).overall_code == response_from_verdict(verdict).OVER_LIMIT
     assert dict(rate_limit_headers(verdict))[FAILURE_HEADER] == "quota-exceeded"
+    # Counted as what it is, not as a store outage.
+    assert full.metric("lockgate_gateway_decisions_total", domain="d", outcome="quota_exceeded") == 1
+    assert full.metric("lockgate_gateway_decisions_total", domain="d", outcome="failure_denied") == 0
     # Nothing was charged, a kept key works on, and a shadow limit still never denies.
     assert (await full.check(policy, {"ip": "kept"})).statuses[0].remaining == 3
     assert (await full.check(policy, RequestDescriptor((("watched", "new"),)))).allowed

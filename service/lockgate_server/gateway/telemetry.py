@@ -25,7 +25,9 @@ class GatewayMetrics:
         self._children: dict[tuple[object, ...], Counter] = {}
 
     def record(self, domain: str, verdict: Verdict) -> None:
-        if verdict.failure is not None:
+        if verdict.failure == "quota-exceeded":
+            outcome = "quota_exceeded"  # a full namespace, not a store that failed to answer
+        elif verdict.failure is not None:
             outcome = "failure_allowed" if verdict.allowed else "failure_denied"
         else:
             outcome = "allowed" if verdict.allowed else "denied"
