@@ -73,6 +73,7 @@ log = logging.getLogger("lockgate.engine")
 T = TypeVar("T")
 RELOAD_BACKOFF_MAX_S = 2.0
 WAIT_GRACE_S = 5.0
+_TURN_TIMED_OUT = "no answer for a queued acquire within its wait and the grace"
 STORE_ERRORS = (RedisError, RespError, OSError, TimeoutError)
 
 
@@ -338,7 +339,7 @@ class Engine:
             # A bare timer on the caller's own future, not wait_for: wait_for relays the
             # answer through a future of its own, one more loop turn in every lock hand-off.
             limit_s = getattr(submitted.cmd, "wait_ms", 0) / 1000 + WAIT_GRACE_S
-            timer = asyncio.get_running_loop().call_later(limit_s, _expire_turn, turn)
+            timer = asyncio.get_running_loop().call_later(limit_s, _time_out, turn, _TURN_TIMED_OUT)
             try:
                 answer = await turn
             finally:
@@ -460,6 +461,7 @@ class Engine:
     async def _reply_loop(self) -> None:
         """Settle commits in the order they were sent (replies arrive in that order)."""
         timeout_s = self.config.commit_timeout_ms / 1000
+        late = f"no reply to a commit within {timeout_s:.3f} s"
         while True:
             if not self._in_flight:
                 self._replied.clear()
@@ -470,7 +472,7 @@ class Engine:
             # relayed every commit's reply through one more future, one more loop turn
             # before any caller of the commit could be answered.
             left_s = max(0.0, sent_at + timeout_s - time.perf_counter())
-            timer = asyncio.get_running_loop().call_later(left_s, _time_out_reply, reply, timeout_s)
+            timer = asyncio.get_running_loop().call_later(left_s, _time_out, reply, late)
             try:
                 check_commit(await reply, appends)
             except FenceRefused as refused:
@@ -739,15 +741,11 @@ async def _cancellable(call: Awaitable[T]) -> T:
             raise asyncio.CancelledError
 
 
-def _time_out_reply(reply: asyncio.Future[Any], timeout_s: float) -> None:
-    if not reply.done():  # the reader skips a reply nobody waits for any more
-        reply.set_exception(TimeoutError(f"no reply to a commit within {timeout_s:.3f} s"))
-
-
-def _expire_turn(turn: asyncio.Future[Result]) -> None:
-    """The engine's own bound on a queued wait; the state machine answers a due wait long before."""
-    if not turn.done():
-        turn.set_exception(TimeoutError("no answer for a queued acquire within its wait and the grace"))
+def _time_out(future: asyncio.Future[Any], reason: str) -> None:
+    """A bare timer's end for a future only its own caller awaits (a commit's reply, a queued
+    turn); whoever sets it later finds it done and leaves it."""
+    if not future.done():
+        future.set_exception(TimeoutError(reason))
 
 
 def _fail_gate(gate: GateFuture, error: LockgateError) -> None:
