@@ -48,6 +48,9 @@ _SERVICE_PATHS: dict[str, Any] = {
 }  # fmt: skip
 
 
+_V1 = ("v1",)
+
+
 class LockgateApp:
     """The ASGI callable the server runs."""
 
@@ -73,7 +76,7 @@ class LockgateApp:
         elif scope["type"] == "http" and self.gateway.handles(scope["path"]):
             await self.gateway(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            self.metrics.v1_requests.inc()
+            self.metrics.http_requests.inc(_V1)
             await self.dispatcher(scope, receive, send)
         else:
             await self.litestar(scope, receive, send)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..engine.node import Engine
+from .tally import CounterTally, HistogramTally
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -13,23 +14,19 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.ops = Counter(
-            "lockgate_ops",
-            "Operations by kind, operation and outcome",
-            ["kind", "op", "outcome"],
-            registry=self.registry,
+        self.ops = CounterTally(
+            "lockgate_ops", "Operations by kind, operation and outcome", ["kind", "op", "outcome"], self.registry
         )
-        self.latency = Histogram(
+        self.latency = HistogramTally(
             "lockgate_op_latency_seconds",
             "Time from request decoded to answer ready, by kind and operation",
             ["kind", "op"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            _LATENCY_BUCKETS,
+            self.registry,
         )
-        self.http_requests = Counter(
-            "lockgate_http_requests", "HTTP requests to the API, by route", ["route"], registry=self.registry
+        self.http_requests = CounterTally(
+            "lockgate_http_requests", "HTTP requests to the API, by route", ["route"], self.registry
         )
-        self.v1_requests = self.http_requests.labels("v1")  # bound once: labels() costs per request
         self.relayed = Counter(
             "lockgate_relayed_requests",
             "Requests this node, standing by, relayed to the active node, by outcome",
@@ -52,20 +49,19 @@ class Metrics:
         self.expirations = Gauge(
             "lockgate_expiry_sweeps", "Expiry ops the timer has sequenced (counter)", registry=self.registry
         )
-        self.gateway_decisions = Counter(
+        self.gateway_decisions = CounterTally(
             "lockgate_gateway_decisions",
             "Gateway checks (HTTP check, /json, gRPC) by domain and outcome",
             ["domain", "outcome"],
-            registry=self.registry,
+            self.registry,
         )
-        self.gateway_limit_decisions = Counter(
+        self.gateway_limit_decisions = CounterTally(
             "lockgate_gateway_limit_decisions",
             "Gateway limits matched, by domain, configured limit and outcome (ok, over_limit, shadow_over_limit)",
             ["domain", "limit", "outcome"],
-            registry=self.registry,
+            self.registry,
         )
-        self._children: dict[tuple[str, str, str], Counter] = {}
-        self._latency_children: dict[tuple[str, str], Histogram] = {}
+        self._labels: dict[str, tuple[str, str]] = {}  # "locks.acquire" -> ("locks", "acquire")
 
     def bind(self, engine: Engine) -> None:
         self.inbox.set_function(engine.pending_ops)
@@ -81,12 +77,9 @@ class Metrics:
         self.commit_latency.observe(seconds)
 
     def observe(self, operation: str, outcome: str, seconds: float, count: int = 1) -> None:
-        kind, _, op = operation.partition(".")
-        counter = self._children.get((kind, op, outcome))
-        if counter is None:
-            counter = self._children[(kind, op, outcome)] = self.ops.labels(kind, op, outcome)
-        counter.inc(count)
-        histogram = self._latency_children.get((kind, op))
-        if histogram is None:
-            histogram = self._latency_children[(kind, op)] = self.latency.labels(kind, op)
-        histogram.observe(seconds)
+        labels = self._labels.get(operation)
+        if labels is None:
+            kind, _, op = operation.partition(".")
+            labels = self._labels[operation] = (kind, op)
+        self.ops.inc((*labels, outcome), count)
+        self.latency.observe(labels, seconds)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import Counter
-
 from ..api.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -22,7 +20,6 @@ class GatewayMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self._decisions = metrics.gateway_decisions
         self._limit_decisions = metrics.gateway_limit_decisions
-        self._children: dict[tuple[object, ...], Counter] = {}
 
     def record(self, domain: str, verdict: Verdict) -> None:
         if verdict.failure == "quota-exceeded":
@@ -31,7 +28,7 @@ class GatewayMetrics:
             outcome = "failure_allowed" if verdict.allowed else "failure_denied"
         else:
             outcome = "allowed" if verdict.allowed else "denied"
-        self._count(self._decisions, domain, outcome)
+        self._decisions.inc((domain, outcome))
         if verdict.failure is not None:
             return
         for status in verdict.statuses:
@@ -41,14 +38,7 @@ class GatewayMetrics:
             limit_outcome = "ok"
             if status.over_limit:
                 limit_outcome = "shadow_over_limit" if limit.shadow else "over_limit"
-            self._count(self._limit_decisions, domain, limit.name, limit_outcome)
+            self._limit_decisions.inc((domain, limit.name, limit_outcome))
 
     def unknown_domain(self) -> None:
-        self._count(self._decisions, UNKNOWN_DOMAIN_LABEL, "unknown_domain")
-
-    def _count(self, counter: Counter, *labels: str) -> None:
-        key = (id(counter), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = counter.labels(*labels)
-        child.inc()
+        self._decisions.inc((UNKNOWN_DOMAIN_LABEL, "unknown_domain"))
