@@ -79,20 +79,24 @@ class Snapshot(msgspec.Struct, array_like=True):
 
 
 _ABSENT: Final = object()
-_REMEMBERED: Final[dict[type, str | None]] = {
-    Acquire: None,  # None: the command's own kind (lock or semaphore)
-    Release: None,
-    Renew: None,
-    CounterAdd: "counter",
-    CounterSet: "counter",
-    CounterCompareAndSet: "counter",
-    RateCheck: "ratelimit",
-    RateReset: "ratelimit",
-    RateCheckAll: "ratelimit",
+_REMEMBERED: Final[dict[type, tuple[str, str | None]]] = {
+    Acquire: ("acq", None),  # None: the command's own kind (lock or semaphore)
+    Release: ("rel", None),
+    Renew: ("ren", None),
+    CounterAdd: ("add", "counter"),
+    CounterSet: ("set", "counter"),
+    CounterCompareAndSet: ("cas", "counter"),
+    RateCheck: ("chk", "ratelimit"),
+    RateReset: ("rst", "ratelimit"),
+    RateCheckAll: ("all", "ratelimit"),
 }
-"""Commands whose first answer a repeat of their request_id gets, and the kind their memory key names.
+"""Commands whose first answer a repeat of their request_id gets: the operation and the kind
+their memory key names.
 
-A lookup by type, as `_READERS` and `_MUTATORS`: isinstance over unions showed in the hot path."""
+The operation is part of the key: a release that reuses its acquire's request_id is a new
+request, and must not be answered "released" with the acquire's grant while the lock stays
+held. A lookup by type, as `_READERS` and `_MUTATORS`: isinstance over unions showed in the
+hot path."""
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
@@ -111,8 +115,18 @@ def _add(counts: dict[str, int], namespace: str, delta: int) -> None:
         counts.pop(namespace, None)
 
 
-def _memory_key(kind: str, namespace: str, name: str, request_id: str) -> str:
-    return f"{kind}/{namespace}/{name}#{request_id}"
+def _memory_key(op: str, kind: str, namespace: str, name: str, request_id: str) -> str:
+    return f"{op}:{kind}/{namespace}/{name}#{request_id}"
+
+
+def _memory_key_of(cmd: ObjectCommand, request_id: str) -> str:
+    op, kind = _REMEMBERED[type(cmd)]
+    if kind is None:  # a lease command; a release or renew also names its lease
+        lease_cmd = cast(Acquire | Release | Renew, cmd)
+        kind = lease_cmd.kind
+        if op != "acq":
+            request_id = f"{request_id}@{lease_cmd.lease_id}"
+    return _memory_key(op, kind, cmd.namespace, cmd.name, request_id)
 
 
 class ShardState:
@@ -145,9 +159,7 @@ class ShardState:
         request_id = None if isinstance(cmd, CancelWait) else getattr(cmd, "request_id", None)
         if request_id is not None:
             assert type(cmd) in _REMEMBERED, f"{type(cmd).__name__} takes no request_id"
-            target = cast(ObjectCommand, cmd)
-            kind = _REMEMBERED[type(cmd)] or cast(Acquire | Release | Renew, cmd).kind
-            memory_key = _memory_key(kind, target.namespace, target.name, request_id)
+            memory_key = _memory_key_of(cast(ObjectCommand, cmd), request_id)
             remembered = self.remembered.get(memory_key)
             if remembered is not None:
                 return Applied(remembered.result, [], False, self.lsn)
@@ -418,7 +430,7 @@ class ShardState:
         if notice.request_id is None:
             return
         namespace, name = notice.key.split("/", 1)
-        key = _memory_key(notice.kind, namespace, name, notice.request_id)
+        key = _memory_key("acq", notice.kind, namespace, name, notice.request_id)
         remembered = self.remembered.get(key)
         if remembered is None:
             return
@@ -431,7 +443,7 @@ class ShardState:
 
     def forget_waiter(self, kind: str, key: str, request_id: str) -> None:
         namespace, name = key.split("/", 1)
-        self.remembered.pop(_memory_key(kind, namespace, name, request_id), None)
+        self.remembered.pop(_memory_key("acq", kind, namespace, name, request_id), None)
 
     # --- deadlines ------------------------------------------------------------------------------
     def next_deadline_ms(self) -> int | None:
