@@ -11,10 +11,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from lockgate_server.core.ops import RateCheck
-from lockgate_server.core.ratelimit import GcraState, GcraStateV1
+from lockgate_server.core.ops import RateCheck, RateDecision
+from lockgate_server.core.ratelimit import GcraState, GcraStateV1, burst_window_fits
 from lockgate_server.core.shard_state import SNAPSHOT_FORMAT_VERSION, ShardState, Snapshot
-from lockgate_server.limits import RATE_LIMIT_MAX
+from lockgate_server.limits import RATE_LIMIT_MAX, RATE_PERIOD_MAX_MS
 
 WALL_CLOCK_MS = 1_795_000_000_000  # late 2026
 NAMESPACE = "rates"
@@ -59,3 +59,19 @@ def test_a_snapshot_with_the_tat_as_one_integer_still_restores() -> None:
     assert restored.rates == served.rates
     cmd = check(7, cost=4)
     assert restored.apply(cmd, WALL_CLOCK_MS + 100).result == served.apply(cmd, WALL_CLOCK_MS + 100).result
+
+
+def test_a_burst_reaching_past_the_longest_period_is_clamped_and_still_snapshots() -> None:
+    """The API refuses such a check (burst_window_fits); anything else that reaches the core
+    (a gateway policy, an old log record) is clamped, so no stored arrival time passes 2**64."""
+    longest = RATE_PERIOD_MAX_MS
+    cmd = RateCheck(namespace=NAMESPACE, name="far", limit=1, period_ms=longest, burst=RATE_LIMIT_MAX, cost=10**9)
+    assert not burst_window_fits(cmd.algorithm, cmd.limit, cmd.period_ms, cmd.burst)
+    served = ShardState(shard=0)
+    decision = served.apply(cmd, WALL_CLOCK_MS).result
+    assert isinstance(decision, RateDecision) and not decision.allowed  # a cost that cannot fit the window
+    one = RateCheck(namespace=NAMESPACE, name="far", limit=1, period_ms=longest, burst=RATE_LIMIT_MAX)
+    allowed = served.apply(one, WALL_CLOCK_MS).result
+    assert isinstance(allowed, RateDecision) and allowed.allowed and allowed.reset_after_ms <= longest
+    restored = ShardState.restore(served.snapshot())
+    assert restored.rates == served.rates

@@ -22,6 +22,7 @@ from lockgate_server.core.ops import (
     RateCheck,
     RateDecision,
 )
+from lockgate_server.core.shard_state import ShardState
 from lockgate_server.engine.node import Engine, new_lease_id
 from lockgate_server.engine.snapshots import FORK_RETRY_S
 from lockgate_server.heap import freeze_startup_heap
@@ -147,6 +148,25 @@ async def test_a_node_that_cannot_fork_keeps_serving(engines: Engines, monkeypat
     assert value == CounterValue(value=51)
     await engine.snapshots.wait()
     assert engine.snapshots.stats.taken >= 1
+
+
+async def test_a_snapshot_that_cannot_be_encoded_leaves_the_node_serving(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Encoding runs in the commit loop and the sweeper: its failure must not end either."""
+    config = engines.config(snapshot_every_entries=10, snapshot_mode="inline")
+    engine = await engines.start(config)
+
+    def unencodable(self: ShardState) -> bytes:
+        raise OverflowError("can't serialize ints > 2**64 - 1")
+
+    monkeypatch.setattr(ShardState, "snapshot", unencodable)
+    add = CounterAdd(namespace="noencode", name="c", delta=1)
+    for expected in range(1, 51):  # several times past the snapshot threshold
+        value, _ = await asyncio.wait_for(engine.execute(add), timeout=10)  # a dead committer hangs
+        assert value == CounterValue(value=expected)
+    assert engine.snapshots.stats.failed >= 1 and engine.snapshots.stats.taken == 0
+    assert engine.broken is None
 
 
 async def test_a_forked_snapshot_leaves_the_start_up_heap_frozen(engines: Engines) -> None:

@@ -117,6 +117,11 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
      "invalid-request"),
     ("rate-bad-algorithm", "POST", f"{NS}/ratelimits/keeper/check",
      {"json": {"limit": 1, "period_ms": 1_000, "algorithm": "leaky"}}, 422, "invalid-request"),
+    # A burst reaching back past the longest period: its stored arrival time could pass 2**64.
+    ("rate-burst-window-too-long", "POST", f"{NS}/ratelimits/keeper/check",
+     {"json": {"limit": 1, "period_ms": 31_622_400_000, "burst": 2**32 - 1, "cost": 10**9}}, 422, "invalid-request"),
+    ("peek-burst-window-too-long", "GET", f"{NS}/ratelimits/keeper",
+     {"params": {"limit": 1, "period_ms": 31_622_400_000, "burst": 2}}, 422, "invalid-request"),
     ("peek-missing-query", "GET", f"{NS}/ratelimits/keeper", {}, 422, "invalid-request"),
     ("peek-bad-query", "GET", f"{NS}/ratelimits/keeper", {"params": {"limit": "many", "period_ms": 1_000}}, 422,
      "invalid-request"),

@@ -15,9 +15,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from .. import limits
 from ..core import ops
+from ..core.ratelimit import burst_window_fits
 from ..engine.node import Engine, new_lease_id
-from ..errors import error_for
+from ..errors import InvalidRequest, error_for
 from ..settings import Settings
 from . import schemas
 from .auth import Right
@@ -221,6 +223,7 @@ def _decision(result: ops.Result, lsn: int) -> schemas.RateDecision:
 
 
 def _rate_check(call: Call, body: schemas.RateCheck) -> ops.Command:
+    _refuse_long_bursts(body)
     return ops.RateCheck(
         namespace=call.namespace,
         name=call.name,
@@ -234,6 +237,7 @@ def _rate_check(call: Call, body: schemas.RateCheck) -> ops.Command:
 
 
 def _rate_peek(call: Call, query: schemas.RatePeek) -> ops.Command:
+    _refuse_long_bursts(query)
     return ops.RateCheck(
         namespace=call.namespace,
         name=call.name,
@@ -243,6 +247,13 @@ def _rate_peek(call: Call, query: schemas.RatePeek) -> ops.Command:
         cost=0,
         algorithm=query.algorithm,
     )
+
+
+def _refuse_long_bursts(spec: schemas.RateCheck | schemas.RatePeek) -> None:
+    if not burst_window_fits(spec.algorithm, spec.limit, spec.period_ms, spec.burst):
+        raise InvalidRequest(
+            f"burst x period_ms / limit must be at most {limits.RATE_PERIOD_MAX_MS} ms (the longest period)"
+        )
 
 
 def _rate_reset(call: Call, body: schemas.RateReset | None) -> ops.Command:

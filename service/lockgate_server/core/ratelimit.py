@@ -12,6 +12,7 @@ from typing import Protocol
 
 import msgspec
 
+from ..limits import RATE_PERIOD_MAX_MS
 from .ops import RateDecision
 
 
@@ -68,6 +69,17 @@ RateState = GcraState | WindowState
 StoredRateState = RateState | GcraStateV1
 
 
+def burst_window_fits(algorithm: str, limit: int, period_ms: int, burst: int | None) -> bool:
+    """A GCRA key reaches back burst x period / limit ms; at most the longest period.
+
+    Past that, the arrival time a check stores can pass msgpack's 2**64 (one check with a
+    year-long period, a 2**32 burst and a large cost did): the shard could not be
+    snapshotted. The API refuses such a check; `_gcra` clamps whatever else reaches it.
+    """
+    burst = burst if burst is not None else limit
+    return algorithm != "gcra" or burst * period_ms <= RATE_PERIOD_MAX_MS * limit
+
+
 def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
@@ -99,7 +111,7 @@ def _gcra(state: GcraState | None, cmd: RateSpec, now_ms: int) -> tuple[GcraStat
     limit, period = cmd.limit, cmd.period_ms
     burst = cmd.burst if cmd.burst is not None else limit
     now_scaled = now_ms * limit
-    tolerance = burst * period
+    tolerance = min(burst * period, RATE_PERIOD_MAX_MS * limit)  # see burst_window_fits
     tat = now_scaled
     if state is not None:
         tat = state.tat_scaled if state.scale == limit else _ceil_div(state.tat_scaled * limit, state.scale)

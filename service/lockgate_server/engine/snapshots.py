@@ -88,7 +88,13 @@ class Snapshotter:
             self._note_pause(started)
             self._running = asyncio.ensure_future(self._reap(pid, len(jobs)))
         else:
-            blobs = [(job, job.state.snapshot()) for job in jobs]
+            try:
+                blobs = [(job, job.state.snapshot()) for job in jobs]
+            except Exception:  # a state that cannot be encoded is a bug; the node must outlive it
+                self.stats.failed += 1
+                self._not_before = time.monotonic() + FORK_RETRY_S
+                log.exception("could not encode a snapshot; trying again in %.0f s", FORK_RETRY_S)
+                return False
             self._note_pause(started)
             self.stats.last_bytes = sum(len(blob) for _, blob in blobs)
             self._running = asyncio.ensure_future(self._write_inline(blobs))
