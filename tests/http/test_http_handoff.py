@@ -141,3 +141,48 @@ async def test_a_waiter_that_hangs_up_is_never_granted_even_when_the_lock_frees_
             assert status["holder"] == "second" and status["token"] == lease["token"] and status["waiters"] == 0
             await second_client.post(f"{path}/release", json={"lease_id": lease["lease_id"]})
         del reader
+
+
+def _batch_acquire(name: str, wait_ms: int, holder: str) -> dict[str, Any]:
+    args = {"ttl_ms": 30_000, "wait_ms": wait_ms, "holder": holder}
+    return {"op": "locks.acquire", "namespace": "handoff", "name": name, "args": args}
+
+
+async def test_batch_waiters_that_hang_up_leave_the_line(server: Any) -> None:
+    """The same as a single acquire: no lease nobody owns is granted once a lock frees. The
+    first waiter is the one being awaited when the client leaves; the second is given up."""
+    names = ["batch-leaves-1", "batch-leaves-2"]
+    paths = [LOCK.format(name=name) for name in names]
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as observer:
+        held = [(await observer.post(f"{path}/acquire", json={"ttl_ms": 30_000})).json() for path in paths]
+
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        payload = json.dumps({"ops": [_batch_acquire(name, 30_000, "gone") for name in names]}).encode()
+        writer.write(
+            f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+        for path in paths:
+            await _wait_for_waiters(observer, path, 1)
+        writer.close()
+        await writer.wait_closed()
+        for path, lease in zip(paths, held, strict=True):
+            await _wait_for_waiters(observer, path, 0)
+            assert (await observer.post(f"{path}/release", json={"lease_id": lease["lease_id"]})).status_code == 200
+            status = await _lock_status(observer, path)
+            assert status["held"] is False, status
+
+
+async def test_batch_ops_are_applied_in_the_order_sent(server: Any) -> None:
+    """A waiting acquire first in a batch is first in line, ahead of a try-once behind it."""
+    name = "batch-order"
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+        ops = [_batch_acquire(name, 1_000, "waits"), _batch_acquire(name, 0, "tries")]
+        response = await client.post("/v1/batch", json={"ops": ops})
+        assert response.status_code == 200, response.text
+        first, second = response.json()["results"]
+        assert first["status"] == 200, first
+        assert second["status"] == 409, second
+        await client.post(LOCK.format(name=name) + "/release", json={"lease_id": first["body"]["lease_id"]})

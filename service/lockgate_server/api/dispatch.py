@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from .. import limits
-from ..engine.node import Engine
+from ..engine.node import Engine, Submitted
 from ..errors import InvalidRequest, LockgateError, MethodNotAllowed, PayloadTooLarge
 from ..settings import Settings
 from . import problems, schemas
@@ -73,7 +73,7 @@ class Dispatcher:
                 if scope["method"] != "POST":
                     raise MethodNotAllowed("use POST for /v1/batch")
                 body = await self._read_body(receive, headers)
-                response: msgspec.Struct = await self._run_batch(principal, body, headers)
+                response: msgspec.Struct = await self._run_batch(principal, body, headers, receive)
             else:
                 route, params = self._routes.match(scope["method"], scope["path"])
                 operation = route.operation
@@ -147,8 +147,11 @@ class Dispatcher:
         return b"".join(chunks)
 
     # --- batch --------------------------------------------------------------------------------------
-    async def _run_batch(self, principal: Principal, body: bytes, headers: dict[bytes, bytes]) -> schemas.BatchResponse:
-        """Sequence every op first (they join one commit), then wait for each answer in order."""
+    async def _run_batch(
+        self, principal: Principal, body: bytes, headers: dict[bytes, bytes], receive: Receive
+    ) -> msgspec.Struct:
+        """Sequence every op first, in the order sent (they join one commit), then wait for
+        each answer in order."""
         request = _decode(self._batch, body, headers)
         assert isinstance(request, schemas.BatchRequest)
         if len(request.ops) > self._settings.max_batch_ops:
@@ -156,43 +159,28 @@ class Dispatcher:
         msgpack_args = headers.get(b"content-type", b"").startswith(MSGPACK)
         engine = self._engine()
         started = time.perf_counter()
-        prepared: list[tuple[str, Any]] = []  # (operation, Submitted | awaitable | error)
+        prepared: list[_Prepared] = []
         for op in request.ops:
             try:
                 route, call, argument = self._batch_op(principal, op, msgpack_args)
-                if route.command is None or (route.may_block and getattr(argument, "wait_ms", 0) > 0):
+                if route.command is None:
                     prepared.append((route.operation, asyncio.ensure_future(route.handle(call, argument))))
                 else:
                     prepared.append((route.operation, (route, engine.submit(route.command(call, argument)))))
             except (LockgateError, msgspec.ValidationError, _Malformed) as error:
                 prepared.append((op.op, error))
-        results = []
-        outcomes: dict[tuple[str, str], int] = {}
-        for operation, item in prepared:
-            try:
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, asyncio.Future):
-                    answer = await item
-                else:
-                    route, submitted = item
-                    assert route.render is not None
-                    answer = route.render(*await engine.finish(submitted))
-                results.append(schemas.BatchItem(status=200, body=answer))
-                outcome = "ok"
-            except LockgateError as error:
-                problem = problems.problem_for(error)
-                results.append(schemas.BatchItem(status=problem.status, problem=problem))
-                outcome = problem.type.rsplit("/", 1)[1]
-            except (msgspec.ValidationError, _Malformed) as error:
-                problem = _decode_problem(error)
-                results.append(schemas.BatchItem(status=problem.status, problem=problem))
-                outcome = "invalid"
-            outcomes[(operation, outcome)] = outcomes.get((operation, outcome), 0) + 1
+        answers = _BatchAnswers(engine, prepared)
+        try:
+            if any(isinstance(item, tuple) and item[1].turn is not None for _, item in prepared):
+                response = await unless_disconnected(answers.collect(), receive)  # one waits in line
+            else:
+                response = await answers.collect()
+        finally:
+            answers.abandon_the_rest()
         seconds = time.perf_counter() - started
-        for (operation, outcome), count in outcomes.items():
+        for (operation, outcome), count in answers.outcomes.items():
             self._metrics.observe(operation, outcome, seconds, count)
-        return schemas.BatchResponse(results=results)
+        return response
 
     def _batch_op(self, principal: Principal, op: schemas.BatchOp, msgpack_args: bool) -> tuple[Route, Call, Any]:
         route = BY_OPERATION.get(op.op)
@@ -215,6 +203,52 @@ class Dispatcher:
         elif route.body is not None and route.body is not schemas.RateReset:
             raise InvalidRequest(f"{op.op} needs args")
         return route, call, argument
+
+
+_Prepared = tuple[str, "BaseException | asyncio.Future[msgspec.Struct] | tuple[Route, Submitted]"]
+
+
+class _BatchAnswers:
+    """A batch's answers, collected in order; whatever was not collected is given up."""
+
+    def __init__(self, engine: Engine, prepared: list[_Prepared]) -> None:
+        self._engine = engine
+        self._prepared = prepared
+        self.results: list[schemas.BatchItem] = []
+        self.outcomes: dict[tuple[str, str], int] = {}
+
+    async def collect(self) -> schemas.BatchResponse:
+        for operation, item in self._prepared:
+            try:
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, asyncio.Future):
+                    answer = await item
+                else:
+                    route, submitted = item
+                    assert route.render is not None
+                    answer = route.render(*await self._engine.finish(submitted))
+                self.results.append(schemas.BatchItem(status=200, body=answer))
+                outcome = "ok"
+            except LockgateError as error:
+                problem = problems.problem_for(error)
+                self.results.append(schemas.BatchItem(status=problem.status, problem=problem))
+                outcome = problem.type.rsplit("/", 1)[1]
+            except (msgspec.ValidationError, _Malformed) as error:
+                problem = _decode_problem(error)
+                self.results.append(schemas.BatchItem(status=problem.status, problem=problem))
+                outcome = "invalid"
+            self.outcomes[(operation, outcome)] = self.outcomes.get((operation, outcome), 0) + 1
+        return schemas.BatchResponse(results=self.results)
+
+    def abandon_the_rest(self) -> None:
+        """The client left (or the node failed) before every answer was collected: queued
+        acquires leave their line, and listings stop. The one being awaited cleaned up itself."""
+        for _, item in self._prepared[len(self.results) + 1 :]:
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+            elif isinstance(item, tuple):
+                self._engine.give_up(item[1])
 
 
 class ClientLeft(Exception):

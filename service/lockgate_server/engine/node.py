@@ -392,6 +392,15 @@ class Engine:
             self._pending.wanted = True
             self._wakeup.set()
 
+    def give_up(self, submitted: Submitted) -> None:
+        """Its caller will never `finish` a queued acquire (a batch whose client left): take
+        it out of line, or give back the grant nobody will hear of."""
+        if submitted.turn is None:
+            return
+        lease_id = cast(Queued, submitted.applied.result).lease_id
+        self._leave_line(submitted.slot, submitted.cmd, lease_id)
+        self._forget_waiter(lease_id, submitted.turn)
+
     def _leave_line(self, slot: Slot, cmd: Command, lease_id: str) -> None:
         """The caller of a queued acquire left: take it out of line (or give back its grant)."""
         assert isinstance(cmd, ObjectCommand)
