@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from .. import limits
+from ..clock import Clock, WallClock
 from ..core.ops import RateCheckAll, RateDecisions, RateItem, RateResetAll
 from ..engine.node import Engine
 from ..errors import InvalidRequest, LockgateError, QuotaExceeded
@@ -81,9 +82,13 @@ def relay_timeout_s(domain: CompiledDomain | None) -> float:
 
 
 class Decider:
-    def __init__(self, engine: Callable[[], Engine], metrics: GatewayMetrics) -> None:
+    """clock: the engine's (a WallClock, as the engine's by default); read only for limits of 0,
+    which are decided without the store."""
+
+    def __init__(self, engine: Callable[[], Engine], metrics: GatewayMetrics, *, clock: Clock | None = None) -> None:
         self._engine = engine
         self._metrics = metrics
+        self._clock = clock or WallClock()
         self._namespace_full_logged = False  # one warning per episode, not one per request
 
     async def decide(
@@ -130,7 +135,7 @@ class Decider:
                 continue
             if limit.requests == 0:  # over the limit by definition: no need to ask the store
                 status.over_limit = True
-                status.reset_after_ms = status.retry_after_ms = limit.window_ms
+                status.reset_after_ms = status.retry_after_ms = _rest_of_window_ms(limit, self._clock.now_ms())
                 plan.blocked = plan.blocked or not limit.shadow
                 continue
             cost = descriptor.hits_addend if descriptor.hits_addend is not None else hits_addend
@@ -171,7 +176,7 @@ class Decider:
                 name="override",
                 unit=unit,
             )
-            return limit, domain.override_key(descriptor.entries)
+            return limit, domain.override_key(descriptor.entries, requests=requests, unit=unit)
         node = domain.match(descriptor.entries)
         if node is None or node.limit is None:
             return None, ""
@@ -185,6 +190,12 @@ def _replaced_names(matched: list[tuple[Limit | None, str]]) -> frozenset[str]:
         if limit is not None and limit.replaces:
             names = names | limit.replaces
     return names
+
+
+def _rest_of_window_ms(limit: Limit, now_ms: int) -> int:
+    """Until the current window (aligned to the epoch, as fixed windows are) ends, as
+    envoyproxy/ratelimit reports a limit of 0 (unit - now % unit), never the whole unit."""
+    return limit.window_ms - now_ms % limit.window_ms
 
 
 def _item(key: str, limit: Limit, cost: int) -> RateItem:

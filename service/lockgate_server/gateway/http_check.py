@@ -9,6 +9,9 @@ Its caller is the gateway, and the gateway forwards the client's own Authorizati
 X-API-Key, so the gateway's Lockgate key travels in X-Lockgate-Key (write right on the
 namespace "gateway", when keys are configured). A check charges 1, or what the header named
 by the domain's http.hits_addend_header says (0 peeks) -- a header the gateway must set itself.
+A check whose headers disagree about the original request (X-Original-URI against
+X-Forwarded-Uri, two different copies of the API key header: see request_data.py) gets the
+domain's deny_status, charging nothing, and counts as "ambiguous" in the decisions metric.
 
     POST /json   body: a RateLimitRequest as proto3 JSON
 
@@ -44,7 +47,7 @@ from .headers import rate_limit_headers
 from .policy import HttpSpec
 from .proto.envoy.service.ratelimit.v3.rls_pb2 import RateLimitRequest
 from .registry import PolicyRegistry
-from .request_data import RequestData, descriptors_for
+from .request_data import AmbiguousRequest, CheckHeaders, RequestData, descriptors_for
 from .rls import request_from_proto, response_from_verdict, unknown_domain_response
 from .telemetry import GatewayMetrics
 
@@ -58,9 +61,11 @@ KEY_HEADER: Final = "X-Lockgate-Key"
 CHECK_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 ALLOWED_BODY: Final = b""
 DENIED_BODY: Final = b"rate limited\n"
+AMBIGUOUS_BODY_PREFIX: Final = "refused, the original request is ambiguous: "
 
 CHECK_ERRORS: Final = (Unauthorized, Forbidden, NotFound, InvalidRequest)
-"""What the check answers as problem+json (the last: a bad hits_addend_header); /openapi.json lists them."""
+"""What the check answers as problem+json (the last: a bad hits_addend_header, or differing copies
+of it, of X-Lockgate-Key or of X-Lockgate-Domain); /openapi.json lists them."""
 JSON_ERRORS: Final = (Unauthorized, Forbidden, PayloadTooLarge, InvalidRequest, Unavailable)
 
 _DOMAIN_HEADER: Final = DOMAIN_HEADER.lower().encode()
@@ -85,8 +90,8 @@ class GatewayHttp:
 
     # --- /check ------------------------------------------------------------------------------
     async def check(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
         try:
+            headers = CheckHeaders(scope["headers"])
             if not self._keyring.open:
                 presented = headers.get(_KEY_HEADER)
                 principal = self._keyring.authenticate(presented.decode("latin-1") if presented else None)
@@ -104,18 +109,23 @@ class GatewayHttp:
                 client[0] if client else None,
                 trusted_hops=self._settings.forwarded_for_trusted_hops,
             )
-            descriptors = descriptors_for(domain.http, request)
+            try:
+                descriptors = descriptors_for(domain.http, request)
+            except AmbiguousRequest as error:
+                # The domain's denial, not a problem: it is the one answer every gateway recipe
+                # passes on as it should (nginx's auth_request turns anything but 2xx, 401 and
+                # 403 into a 500), and the client made it ambiguous. Nothing is charged.
+                self._metrics.ambiguous(domain.name)
+                body = f"{AMBIGUOUS_BODY_PREFIX}{error.detail}\n".encode()
+                await _send_answer(send, domain.policy.deny_status, [], body)
+                return
             verdict = await self._decider.decide(domain, descriptors, hits_addend=_hits_addend(domain.http, headers))
         except LockgateError as error:
             await send_problem(send, problems.problem_for(error))
             return
         status = 200 if verdict.allowed else domain.policy.deny_status
         response_headers = [(name.encode(), value.encode("latin-1")) for name, value in rate_limit_headers(verdict)]
-        body = ALLOWED_BODY if verdict.allowed else DENIED_BODY
-        response_headers.append((b"content-type", _CONTENT_TYPE))
-        response_headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_answer(send, status, response_headers, ALLOWED_BODY if verdict.allowed else DENIED_BODY)
 
     # --- /json ---------------------------------------------------------------------------------
     async def json(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -148,7 +158,14 @@ class GatewayHttp:
         await send_json(send, JSON_OVER_LIMIT_STATUS if over_limit else 200, payload)
 
 
-def domain_and_rest(path: str, headers: dict[bytes, bytes]) -> tuple[str, str]:
+async def _send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    headers.append((b"content-type", _CONTENT_TYPE))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def domain_and_rest(path: str, headers: CheckHeaders) -> tuple[str, str]:
     """/check/{domain}/rest -> (domain, "/rest"); /check alone takes the domain from X-Lockgate-Domain."""
     tail = path[len(CHECK_PATH) :].lstrip("/")
     if tail:
@@ -160,7 +177,7 @@ def domain_and_rest(path: str, headers: dict[bytes, bytes]) -> tuple[str, str]:
     return header.decode("latin-1"), "/"
 
 
-def _hits_addend(spec: HttpSpec, headers: dict[bytes, bytes]) -> int:
+def _hits_addend(spec: HttpSpec, headers: CheckHeaders) -> int:
     """1, unless the domain names a header the gateway sets (0 peeks); never from the query."""
     if spec.hits_addend_header is None:
         return 1

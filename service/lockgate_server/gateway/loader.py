@@ -2,7 +2,10 @@
 
 A document holds one domain (`domain: ...` at its top, envoyproxy/ratelimit's layout) or
 several (`domains: [...]`); a YAML file may hold several documents. A file that does not
-parse or validate is refused as a whole, naming the file, like envoyproxy/ratelimit does.
+parse or validate is refused as a whole, naming the file, like envoyproxy/ratelimit does; so
+is a file without any domain (empty, only comments, `---`, `domains: []`), which
+envoyproxy/ratelimit refuses as "config file cannot have empty domain": a policy file cut
+short must not load as "no limits". No policy files at all is a gateway without domains.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def parse_policies(data: bytes, *, source: str) -> list[DomainPolicy]:
     for document in documents:
         for raw in _domains_of(document, source):
             policies.append(policy_from_mapping(raw, source=source))
+    if not policies:
+        raise PolicyError(f"{source}: config file cannot have empty domain (it holds no domain)")
     return policies
 
 

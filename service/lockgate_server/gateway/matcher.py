@@ -126,10 +126,15 @@ class CompiledDomain:
             values = [pattern or storable_value(value) for (_, value), pattern in pairs]
         return self.state_prefix + node.state_path + PART + ENTRY.join(values)
 
-    def override_key(self, entries: Entries) -> str:
-        """A caller-supplied limit has no node: its state is named by the entries themselves."""
+    def override_key(self, entries: Entries, *, requests: int, unit: str) -> str:
+        """A caller-supplied limit has no node: its state is named by the entries and the limit.
+
+        The limit is part of the name because one request may carry the same entries twice
+        with different overrides (100 a minute and 1 a minute): each is judged against its own
+        limit, as envoyproxy/ratelimit does, never merged into one state with the first's.
+        """
         pairs = (f"{key}{PAIR}{storable_value(value)}" for key, value in entries)
-        return self.state_prefix + OVERRIDE_PATH + PART + ENTRY.join(pairs)
+        return self.state_prefix + OVERRIDE_PATH + PAIR + f"{requests}/{unit}" + PART + ENTRY.join(pairs)
 
 
 def storable_value(value: str) -> str:

@@ -8,7 +8,7 @@ The shape is envoyproxy/ratelimit's YAML configuration, so its files load unchan
         value: <value>          # optional; a trailing '*' is a prefix wildcard
         rate_limit:             # optional; a descriptor without one is not limited
           requests_per_unit: <n>
-          unit: second | minute | hour | day | month | year
+          unit: second | minute | hour | day | week | month | year
           unlimited: <bool>
           name: <name>          # optional; another limit may `replaces` it
           replaces: [{name: <name>}]
@@ -42,7 +42,8 @@ UNIT_MS: Final[dict[str, int]] = {
     "minute": 60_000,
     "hour": 3_600_000,
     "day": 86_400_000,
-    # envoyproxy/ratelimit's own lengths for these two: 30 and 365 days.
+    # envoyproxy/ratelimit's own lengths for these three: 7, 30 and 365 days.
+    "week": 7 * 86_400_000,
     "month": 30 * 86_400_000,
     "year": 365 * 86_400_000,
 }
@@ -115,12 +116,13 @@ class DescriptorSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, o
 class EntrySource(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """One descriptor entry of the HTTP check: `key` and where its value comes from.
 
-    client_ip: X-Forwarded-For's first hop, else X-Real-IP, else the caller's address;
-    api_key: the domain's api_key_header, stored as a SHA-256 prefix, never in the clear;
-    path: X-Original-URI / X-Forwarded-Uri without the query, else the path after
-    /check/{domain}; method: X-Original-Method / X-Forwarded-Method, else the check's own;
-    host: X-Forwarded-Host, else Host; header: the named header; value: the constant `value`.
-    A descriptor with an entry that has no value (and no `default`) is left out.
+    client_ip: X-Forwarded-For's right-most hop (or one of the trusted hops left of it), else
+    X-Real-IP, else the caller's address; api_key: the domain's api_key_header, stored as a
+    SHA-256 prefix, never in the clear; path: X-Original-URI / X-Forwarded-Uri without the
+    query, else the path after /check/{domain}; method: X-Original-Method / X-Forwarded-Method,
+    else the check's own; host: X-Forwarded-Host, else Host; header: the named header; value:
+    the constant `value`. A descriptor with an entry that has no value (and no `default`) is
+    left out. Headers that disagree (request_data.py) make the check refuse the request.
     """
 
     key: EntryKey

@@ -4,18 +4,23 @@ nginx auth_request, Traefik ForwardAuth and Envoy ext_authz (HTTP) each forward 
 original request differently: nginx sends X-Original-URI / X-Original-Method when told to,
 Traefik always sends X-Forwarded-Method / -Uri / -Host / -For, and Envoy appends the original
 path to its path_prefix and keeps the method. The sources of policy.EntrySource read all of them.
+
+Gateways also pass the client's own headers on to the check (Traefik all of them, nginx those
+it does not set itself), so a client can add the *other* gateway's header, or a second copy
+of one. Whenever two headers the check reads say different things about the same datum, the
+request's origin is ambiguous and it is refused (AmbiguousRequest), never counted under a key
+the client chose.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from typing import Final
 
+from ..errors import InvalidRequest
 from .decision import RequestDescriptor
 from .policy import EntrySource, HttpSpec
-
-Headers = Mapping[bytes, bytes]
 
 _API_KEY_DIGEST_HEX: Final = 32
 
@@ -23,23 +28,65 @@ FORWARDED_HEADERS: Final[dict[str, tuple[str, ...]]] = {
     "client_ip": ("X-Forwarded-For", "X-Real-IP"),
     "path": ("X-Original-URI", "X-Forwarded-Uri"),
     "method": ("X-Original-Method", "X-Forwarded-Method"),
-    "host": ("X-Forwarded-Host", "Host"),
+    "host": ("X-Forwarded-Host",),
 }
-"""The headers a source reads, the first one present wins; without them, the check's own data."""
+"""The headers a source reads. client_ip: X-Real-IP only without X-Forwarded-For; path and
+method: nginx's header or Traefik's, refused when both are present and disagree; without any
+of them, the check's own data (for host, its Host)."""
 _WIRE_NAMES: Final = {
     source: tuple(name.lower().encode() for name in names) for source, names in FORWARDED_HEADERS.items()
 }
+_HOST: Final = b"host"
+
+
+class AmbiguousRequest(InvalidRequest):
+    """Two headers the check reads disagree about the original request; the check refuses it."""
+
+
+class CheckHeaders:
+    """A check request's headers by lower-case name, each read as one value or as a list.
+
+    A backend reads the first copy of a repeated header (Go's Header.Get, Starlette), so
+    counting any one copy would let a client vary another to get a fresh key: a one-value
+    header whose copies differ is refused. X-Forwarded-For is a list (RFC 9110 section 5.3):
+    its copies are one list, in order.
+    """
+
+    __slots__ = ("_last", "_repeated")
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self._last = dict(raw)
+        self._repeated: dict[bytes, list[bytes]] = {}
+        if len(self._last) < len(raw):  # rare: some name came more than once
+            copies: dict[bytes, list[bytes]] = {}
+            for name, value in raw:
+                copies.setdefault(name, []).append(value)
+            self._repeated = {name: values for name, values in copies.items() if len(values) > 1}
+
+    def get(self, name: bytes) -> bytes | None:
+        """The header's value, None if absent; AmbiguousRequest if its copies differ."""
+        copies = self._repeated.get(name)
+        if copies is not None and any(value != copies[0] for value in copies):
+            raise AmbiguousRequest(f"{name.decode('latin-1')} is sent more than once, with different values")
+        return self._last.get(name)
+
+    def joined(self, name: bytes) -> bytes | None:
+        """A list-valued header: all its copies, in order, as one comma-separated list."""
+        copies = self._repeated.get(name)
+        return b", ".join(copies) if copies is not None else self._last.get(name)
 
 
 class RequestData:
-    """One check request's view: its headers (lower-case names), method and the path after the domain.
+    """One check request's view: its headers, method and the path after the domain.
 
     trusted_hops: Settings.forwarded_for_trusted_hops, the proxies in front of the gateway.
     """
 
     __slots__ = ("client", "headers", "method", "path", "trusted_hops")
 
-    def __init__(self, headers: Headers, method: str, path: str, client: str | None, *, trusted_hops: int = 0) -> None:
+    def __init__(
+        self, headers: CheckHeaders, method: str, path: str, client: str | None, *, trusted_hops: int = 0
+    ) -> None:
         self.headers = headers
         self.method = method
         self.path = path
@@ -50,16 +97,32 @@ class RequestData:
         raw = self.headers.get(name)
         return raw.decode("latin-1") if raw else None
 
-    def first_header(self, names: tuple[bytes, ...]) -> str | None:
-        for name in names:
-            value = self.header(name)
-            if value:
-                return value
-        return None
+    def agreed(self, source: str, normalize: Callable[[str], str]) -> str | None:
+        """The one value the headers of `source` give (normalized), None if none is present.
+
+        AmbiguousRequest when two of them give different values: one was set by the gateway,
+        the other by the client, and which is which depends on the gateway.
+        """
+        agreed: str | None = None
+        agreed_index = 0
+        for index, name in enumerate(_WIRE_NAMES[source]):
+            raw = self.header(name)
+            if not raw:
+                continue
+            value = normalize(raw)
+            if agreed is None:
+                agreed, agreed_index = value, index
+            elif value != agreed:
+                names = FORWARDED_HEADERS[source]
+                raise AmbiguousRequest(
+                    f"{names[agreed_index]} and {names[index]} name different {source}s of the original request"
+                )
+        return agreed
 
 
 def descriptors_for(spec: HttpSpec, request: RequestData) -> list[RequestDescriptor]:
-    """One descriptor per configured list whose every entry has a value."""
+    """One descriptor per configured list whose every entry has a value; AmbiguousRequest (see
+    the module) if a header an entry reads is ambiguous."""
     descriptors = []
     for descriptor in spec.descriptors:
         entries = []
@@ -82,9 +145,9 @@ def _value_of(source: EntrySource, spec: HttpSpec, request: RequestData) -> str 
 
 def _client_ip(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
     forwarded_for, real_ip = _WIRE_NAMES["client_ip"]
-    forwarded = request.header(forwarded_for)
-    if forwarded:
-        hops = [hop for hop in (part.strip() for part in forwarded.split(",")) if hop]
+    raw = request.headers.joined(forwarded_for)
+    if raw:
+        hops = [hop for hop in (part.strip() for part in raw.decode("latin-1").split(",")) if hop]
         if hops:
             # Every proxy appends the address it got the request from, so only the right-most
             # hops (the gateway's and those of the trusted proxies in front of it) are known to
@@ -102,17 +165,29 @@ def _api_key(_: EntrySource, spec: HttpSpec, request: RequestData) -> str | None
     return "sha256:" + hashlib.sha256(key.encode("latin-1")).hexdigest()[:_API_KEY_DIGEST_HEX]
 
 
-def _path(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
-    uri = request.first_header(_WIRE_NAMES["path"]) or request.path
+def _without_query(uri: str) -> str:
     return uri.split("?", 1)[0] or "/"
 
 
+def _unchanged(value: str) -> str:
+    return value
+
+
+def _path(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
+    # Compared without the query: two URIs of one path count the same whatever their queries.
+    forwarded = request.agreed("path", _without_query)
+    return forwarded if forwarded is not None else _without_query(request.path)
+
+
 def _method(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
-    return request.first_header(_WIRE_NAMES["method"]) or request.method
+    return request.agreed("method", _unchanged) or request.method
 
 
 def _host(_: EntrySource, __: HttpSpec, request: RequestData) -> str | None:
-    return request.first_header(_WIRE_NAMES["host"])
+    # Host is the check request's own: behind nginx or Traefik, Lockgate's address, so never
+    # compared with X-Forwarded-Host (they differ in every Traefik check).
+    (forwarded_host,) = _WIRE_NAMES["host"]
+    return request.header(forwarded_host) or request.header(_HOST)
 
 
 def _header(source: EntrySource, _: HttpSpec, request: RequestData) -> str | None:

@@ -41,12 +41,15 @@ log = logging.getLogger("lockgate.gateway")
 SERVICE_NAME: Final = "envoy.service.ratelimit.v3.RateLimitService"
 METHOD_NAME: Final = "ShouldRateLimit"
 
+# A caller's override names its unit by envoy.type.v3.RateLimitUnit, which has no WEEK in the
+# versions of the Envoy API we could check (RateLimitResponse.RateLimit.Unit has WEEK = 7).
 _UNIT_BY_NUMBER: Final = {1: "second", 2: "minute", 3: "hour", 4: "day", 5: "month", 6: "year"}
 _PROTO_UNITS: Final[dict[str, RateLimitResponse.RateLimit.Unit]] = {
     "second": RateLimitResponse.RateLimit.SECOND,
     "minute": RateLimitResponse.RateLimit.MINUTE,
     "hour": RateLimitResponse.RateLimit.HOUR,
     "day": RateLimitResponse.RateLimit.DAY,
+    "week": RateLimitResponse.RateLimit.WEEK,
     "month": RateLimitResponse.RateLimit.MONTH,
     "year": RateLimitResponse.RateLimit.YEAR,
 }

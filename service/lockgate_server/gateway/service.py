@@ -22,6 +22,7 @@ from .decision import Decider, relay_timeout_s
 from .http_check import CHECK_PATH, JSON_PATH, GatewayHttp, domain_and_rest
 from .loader import load_policy_files
 from .registry import PolicyRegistry
+from .request_data import CheckHeaders
 from .rls import RateLimitService, start_server
 from .rls_relay import RlsRelay
 from .telemetry import GatewayMetrics
@@ -104,6 +105,6 @@ def _domain_of(scope: Scope, body: bytes) -> str:
         except msgspec.MsgspecError:
             return ""
     try:
-        return domain_and_rest(scope["path"], dict(scope["headers"]))[0]
+        return domain_and_rest(scope["path"], CheckHeaders(scope["headers"]))[0]
     except LockgateError:
         return ""

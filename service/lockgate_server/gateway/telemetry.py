@@ -40,5 +40,9 @@ class GatewayMetrics:
                 limit_outcome = "shadow_over_limit" if limit.shadow else "over_limit"
             self._limit_decisions.inc((domain, limit.name, limit_outcome))
 
+    def ambiguous(self, domain: str) -> None:
+        """An HTTP check refused because the headers naming its original request disagree."""
+        self._decisions.inc((domain, "ambiguous"))
+
     def unknown_domain(self) -> None:
         self._decisions.inc((UNKNOWN_DOMAIN_LABEL, "unknown_domain"))

@@ -43,6 +43,7 @@ class RateLimitResponse(_message.Message):
             MINUTE: _ClassVar[RateLimitResponse.RateLimit.Unit]
             HOUR: _ClassVar[RateLimitResponse.RateLimit.Unit]
             DAY: _ClassVar[RateLimitResponse.RateLimit.Unit]
+            WEEK: _ClassVar[RateLimitResponse.RateLimit.Unit]
             MONTH: _ClassVar[RateLimitResponse.RateLimit.Unit]
             YEAR: _ClassVar[RateLimitResponse.RateLimit.Unit]
         UNKNOWN: RateLimitResponse.RateLimit.Unit
@@ -50,6 +51,7 @@ class RateLimitResponse(_message.Message):
         MINUTE: RateLimitResponse.RateLimit.Unit
         HOUR: RateLimitResponse.RateLimit.Unit
         DAY: RateLimitResponse.RateLimit.Unit
+        WEEK: RateLimitResponse.RateLimit.Unit
         MONTH: RateLimitResponse.RateLimit.Unit
         YEAR: RateLimitResponse.RateLimit.Unit
         NAME_FIELD_NUMBER: _ClassVar[int]
