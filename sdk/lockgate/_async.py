@@ -255,6 +255,9 @@ class _Batcher:
                     half = len(items) // 2
                     await asyncio.gather(self._send(items[:half]), self._send(items[half:]))
                     return
+                if _core.batch_refused_whole(response):
+                    await asyncio.gather(*(self._send([item]) for item in items))
+                    return
                 responses = _core.split_batch(response, len(items))
                 for each in responses:
                     self._transport.answered(each)
@@ -540,8 +543,10 @@ class AsyncLeaseContext:
         """Stop renewing and release. A lost lease is released briefly, and never raises."""
         if self._renewer is not None:
             self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+            # asyncio.wait, not `await self._renewer` under suppress(CancelledError): that would
+            # also swallow a cancel of this task landing meanwhile, and the task would run on.
+            # Cancelled here, the lease is left to its TTL, as when a cancel lands in the release.
+            await asyncio.wait([self._renewer])
             self._renewer = None
         lease = self.lease
         if lease is None or lease.released:

@@ -248,6 +248,15 @@ def split_batch(response: Response, count: int) -> list[Response]:
     return answers
 
 
+def batch_refused_whole(response: Response) -> bool:
+    """The server refused a whole batch for its input (400/422) and applied none of it.
+
+    One op's bad input can do that, and would fail every caller in the batch: the shell sends
+    each op again on its own, so only the caller whose op is bad fails.
+    """
+    return response.status in (400, 422)
+
+
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 """What a proxy in front of the server answers when the server is away: worth a retry."""
 
@@ -262,8 +271,14 @@ def error_from(response: Response) -> errors.LockgateError:
     payload = response.payload
     slug = str(payload.get("type", "")).rsplit("/", 1)[-1]
     error_type = PROBLEM_TYPES.get(slug)
-    if error_type is None:
-        error_type = errors.Unavailable if response.status >= 500 else errors.InvalidRequest
+    if error_type is None and response.status in GATEWAY_STATUSES:
+        error_type = errors.Unavailable
+    elif error_type is None and response.status >= 500:
+        # The server's own failure (a 500 `internal`, say): the same request would most likely
+        # fail the same way, so it is not retried; only 503s and gateway errors are.
+        error_type = errors.UnexpectedResponse
+    elif error_type is None:
+        error_type = errors.InvalidRequest
     retry_after_ms = payload.get("retry_after_ms")
     return error_type(
         str(payload.get("detail") or payload.get("title") or f"HTTP {response.status}"),

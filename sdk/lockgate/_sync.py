@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from . import _core, errors
@@ -28,6 +28,9 @@ from ._core import (
     Send,
     Timeouts,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 T = TypeVar("T")
 
@@ -45,23 +48,24 @@ class SyncTransport:
         self._headers = {"Content-Type": _core.MSGPACK, "Accept": _core.MSGPACK}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[_Connection] = queue.LifoQueue()
         self._count_lock = threading.Lock()
         self.requests_sent = 0
 
     def request(self, method: str, path: str, body: bytes, timeout: float, connect_timeout: float) -> Response:
-        """One request; connecting counts against `timeout` (the attempt's budget) too."""
+        """One request; `timeout` bounds all of it (connecting, sending, every read of the answer)."""
+        deadline = time.monotonic() + timeout
         while True:  # ends: every stale connection is taken out of the pool, then a fresh one is opened
             connection = self._checkout()
             reused = connection is not None
             if connection is None:
-                connection = http.client.HTTPConnection(self._host, self._port)
+                connection = _Connection(self._host, self._port)
             try:
-                return self._exchange(connection, method, path, body, timeout, connect_timeout, reused)
+                return self._exchange(connection, method, path, body, deadline, connect_timeout, reused)
             except _StaleConnection:
                 continue  # not an attempt: the same request (and request_id) on another connection
 
-    def _checkout(self) -> http.client.HTTPConnection | None:
+    def _checkout(self) -> _Connection | None:
         while True:
             try:
                 connection = self._idle.get_nowait()
@@ -73,27 +77,29 @@ class SyncTransport:
 
     def _exchange(
         self,
-        connection: http.client.HTTPConnection,
+        connection: _Connection,
         method: str,
         path: str,
         body: bytes,
-        timeout: float,
+        deadline: float,
         connect_timeout: float,
         reused: bool,
     ) -> Response:
         answer_started = False
         try:
             if connection.sock is None:
-                connection.timeout = min(connect_timeout, timeout)
+                connection.timeout = min(connect_timeout, _time_left(deadline))
                 connection.connect()
-            assert connection.sock is not None
-            connection.sock.settimeout(timeout)
+            sock = connection.sock  # http.client lets go of it early when the answer closes the connection
+            assert isinstance(sock, _DeadlineSocket)
+            sock.deadline = deadline
             connection.request(method, path, body=body, headers=self._headers)
             with self._count_lock:
                 self.requests_sent += 1
             answer = connection.getresponse()
             answer_started = True
             data = answer.read()
+            sock.deadline = None  # idle in the pool: no attempt's deadline applies
         except (TimeoutError, OSError, http.client.HTTPException) as error:
             connection.close()
             # Closed or reset before the head of an answer (RemoteDisconnected is a ConnectionResetError).
@@ -117,6 +123,54 @@ class SyncTransport:
                 return
 
 
+class _DeadlineSocket(socket.socket):
+    """A socket whose every send and receive is bounded by what is left of one deadline.
+
+    A plain socket timeout bounds each recv on its own: a server trickling a byte at a time
+    would keep an attempt going for as long as it liked. http.client reads the answer through
+    `makefile()`, which calls our `recv_into`, so the whole answer is bounded by the deadline.
+    """
+
+    deadline: float | None = None  # monotonic; None while idle in the pool
+
+    def _bound(self) -> None:
+        if self.deadline is not None:
+            self.settimeout(_time_left(self.deadline))
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._bound()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        self._bound()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        self._bound()
+        super().sendall(data, flags)
+
+
+class _Connection(http.client.HTTPConnection):
+    """An http.client connection on a `_DeadlineSocket`."""
+
+    def connect(self) -> None:
+        super().connect()  # bounded by self.timeout
+        plain = self.sock
+        assert isinstance(plain, socket.socket)
+        timeout = plain.gettimeout()
+        wrapped = _DeadlineSocket(fileno=plain.detach())
+        wrapped.settimeout(timeout)  # a socket made from a file descriptor starts out without one
+        self.sock = wrapped
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until `deadline`, for a socket timeout; TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's timeout passed")
+    return left
+
+
 class _StaleConnection(Exception):
     """A reused connection failed before any byte of the answer: the server had closed it."""
 
@@ -124,7 +178,7 @@ class _StaleConnection(Exception):
 _CLOSED_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-def _is_stale(connection: http.client.HTTPConnection) -> bool:
+def _is_stale(connection: _Connection) -> bool:
     """Closed by the server while idle (its keep-alive timeout, a restart), or holding bytes nobody
     asked for: an idle socket that is readable is one of those."""
     sock = connection.sock

@@ -60,7 +60,8 @@ class NotOwner(Conflict):
 
 class UnexpectedResponse(LockgateError):
     """An answer that is not the server's: not msgpack (an HTML error page from a proxy) or
-    not in the shape the call expects. Not retried; a 502/503/504 page is `Unavailable`."""
+    not in the shape the call expects; or the server's own failure (a 500). Not retried; a
+    502/503/504 is `Unavailable`."""
 
 
 class LeaseLost(LockgateError):

@@ -24,7 +24,6 @@ LeaseId = Annotated[str, Meta(min_length=1, max_length=64)]
 Int64 = Annotated[int, Meta(ge=limits.INT64_MIN, le=limits.INT64_MAX)]
 Permits = Annotated[int, Meta(ge=1, le=limits.PERMITS_MAX)]
 Name = Annotated[str, Meta(pattern=limits.NAME_PATTERN, max_length=limits.NAME_MAX_LENGTH)]
-Namespace = Annotated[str, Meta(pattern=limits.NAMESPACE_PATTERN)]
 Kind = Literal["lock", "semaphore"]
 
 
@@ -102,9 +101,12 @@ class RateReset(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class BatchOp(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # namespace and name are plain strings here, not patterned types: decoding checks the
+    # whole request at once, so one op's bad name would refuse every op with it. The dispatcher
+    # checks them per op (as it does a route's path), and a bad one fails only its own op.
     op: Annotated[str, Meta(description="A route's operation name, e.g. locks.acquire, ratelimits.check")]
-    namespace: Namespace
-    name: Name | None = None
+    namespace: Annotated[str, Meta(description="Checked per op: " + limits.NAMESPACE_PATTERN)]
+    name: Annotated[str, Meta(description="Checked per op: " + limits.NAME_PATTERN)] | None = None
     args: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
