@@ -141,6 +141,19 @@ HTTP_READ_TIMEOUT_MS: Final = 30_000
 """From a request's first byte to its last; a slower request gets 408 and the connection closes."""
 HTTP_IDLE_TIMEOUT_MS: Final = 30_000
 """A keep-alive connection with no request in flight is closed after this."""
+HTTP_WRITE_TIMEOUT_MS: Final = 30_000
+"""How long answers may wait for a client that does not read them (the server's write buffer
+full, or a closing connection's last answer unsent); then the connection is cut. Without it, a
+few clients that send requests and never read would hold their connections for ever."""
+HTTP_PIPELINE_DEPTH: Final = 2
+"""Parsed requests a connection holds behind the one being answered; at this many it stops
+parsing and reading until the answers catch up."""
+HTTP_PARSE_SLICE_BYTES: Final = 4_096
+"""Bytes handed to the parser at once. A read holding many pipelined requests is parsed a slice
+at a time and the rest kept until the queue drains, so one read queues at most a slice's worth
+of requests past HTTP_PIPELINE_DEPTH (not the ~7,000 a 256 KiB read can hold), and a head line
+that never ends is caught within a slice of the head limit. Reads up to this size (nearly all)
+are fed whole."""
 HTTP_CONNECTIONS_MAX: Final = 4_096
 """Open HTTP connections; one more is answered 503 and closed."""
 HTTP_BACKLOG: Final = 1_024
