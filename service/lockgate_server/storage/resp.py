@@ -138,9 +138,13 @@ class RespConnection:
 
     async def _open(self) -> None:
         options = self._options
-        _, self._replies = await asyncio.get_running_loop().create_connection(
-            _Replies, options.get("host", "127.0.0.1"), int(options.get("port", 6379)), ssl=tls_context(options)
-        )
+        loop = asyncio.get_running_loop()
+        if "path" in options:  # unix://, as redis-py's own connections (claims, renewals) take it
+            _, self._replies = await loop.create_unix_connection(_Replies, options["path"])
+        else:
+            _, self._replies = await loop.create_connection(
+                _Replies, options.get("host", "127.0.0.1"), int(options.get("port", 6379)), ssl=tls_context(options)
+            )
         password = options.get("password")
         if password:
             username = options.get("username")
