@@ -139,3 +139,27 @@ async def settle(engine: Engine, *, timeout_s: float = 20.0) -> None:
     for shard in range(engine.config.shard_count):
         name = names_on_shard(engine, "counter", "settle", shard, 1)[0]
         await execute_until_served(engine, CounterGet(namespace="settle", name=name), timeout_s=timeout_s)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def passing_on_to(port: int, ends: tuple[type[BaseException], ...] = (ConnectionError,)) -> Handler:
+    """A connection handler passing bytes both ways to 127.0.0.1:port (a stand-in for a store's
+    TLS port or unix socket in front of the test's Valkey); `ends`: errors that end a direction."""
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except ends:
+            pass
+        finally:
+            sink.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    return handle

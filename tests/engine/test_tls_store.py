@@ -20,7 +20,7 @@ import trustme
 from lockgate_server.core.ops import CounterAdd, CounterValue
 from lockgate_server.storage.embedded import EmbeddedValkey
 
-from .support import replay_from_store
+from .support import passing_on_to, replay_from_store
 
 if TYPE_CHECKING:
     from conftest import Engines
@@ -32,21 +32,9 @@ NAMESPACE = "tls"
 async def tls_proxy(target_port: int, context: ssl.SSLContext) -> AsyncIterator[int]:
     """Accept TLS on a free port and pass the plain bytes on to 127.0.0.1:target_port."""
 
-    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            sink.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    server = await asyncio.start_server(
+        passing_on_to(target_port, (ConnectionError, ssl.SSLError)), "127.0.0.1", 0, ssl=context
+    )
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

