@@ -16,7 +16,8 @@ Bounds: head bytes (counted as they are fed, since httptools reports a header li
 ends), body bytes, a deadline for a request's head, an idle keep-alive timeout, a write timeout
 for clients that stop reading, open connections, and backpressure: at most
 HTTP_PIPELINE_DEPTH parsed requests wait behind the one being answered, and then neither
-parsing nor reading goes on until the answers catch up.
+parsing nor reading goes on until the answers catch up. After a refusal the connection
+lingers (HTTP_LINGER_MS) so the client reads the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from .limits import HTTP_PARSE_SLICE_BYTES, HTTP_PIPELINE_DEPTH, HTTP_WRITE_TIMEOUT_MS
+from .limits import HTTP_LINGER_MS, HTTP_PARSE_SLICE_BYTES, HTTP_PIPELINE_DEPTH, HTTP_WRITE_TIMEOUT_MS
 
 log = logging.getLogger("lockgate.http")
 
@@ -106,6 +107,7 @@ class HttpConnection(asyncio.Protocol):
         self._running = False
         self._closing = False  # no request after the one in flight
         self._deaf = False  # what the client sends is no longer read (a refusal is queued)
+        self._refused = False  # closing after a refusal: linger (see _close_after_writing)
         self._writable = asyncio.Event()
         self._writable.set()
         self.disconnected: asyncio.Future[None] = self._loop.create_future()
@@ -443,6 +445,7 @@ class HttpConnection(asyncio.Protocol):
     # --- closing ----------------------------------------------------------------------------------
     def _refuse(self, status: int, detail: str) -> None:
         """A request we will not serve: answer it, then close (what follows it cannot be trusted)."""
+        self._refused = True
         if self._running:
             # Answers go out in order: the ones before it first, then the refusal closes.
             self._deaf = True
@@ -457,7 +460,15 @@ class HttpConnection(asyncio.Protocol):
         self._closing = True
         self._unparsed = None
         self._disarm()
-        if self._transport is not None:
+        if self._transport is not None and self._refused and self._transport.can_write_eof():
+            # The client may still be sending what was refused (a body past the limit). Closed
+            # with its bytes unread, the kernel answers them with a reset, which can destroy the
+            # refusal before the client reads it: send the answer and FIN, drop what still comes
+            # (data_received ignores it while closing), close when the client does or at the limit.
+            self._transport.write_eof()
+            self._transport.resume_reading()
+            self._timer = self._loop.call_later(HTTP_LINGER_MS / 1000, self.abort)
+        elif self._transport is not None:
             self._transport.close()  # sends what is buffered first
             if self._transport.get_write_buffer_size():
                 # ...which a client that does not read would put off for ever.

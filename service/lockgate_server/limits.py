@@ -154,6 +154,11 @@ at a time and the rest kept until the queue drains, so one read queues at most a
 of requests past HTTP_PIPELINE_DEPTH (not the ~7,000 a 256 KiB read can hold), and a head line
 that never ends is caught within a slice of the head limit. Reads up to this size (nearly all)
 are fed whole."""
+HTTP_LINGER_MS: Final = 5_000
+"""After refusing a request (413, 431, 400...) the server sends its answer and FIN, then reads
+and drops what the client still sends for at most this long, and closes when the client does.
+Closing at once with the client's bytes unread makes the kernel reset the connection, and a
+client busy sending its body sees the reset instead of the answer."""
 HTTP_CONNECTIONS_MAX: Final = 4_096
 """Open HTTP connections; one more is answered 503 and closed."""
 HTTP_BACKLOG: Final = 1_024

@@ -371,3 +371,33 @@ async def test_a_cancelled_connection_task_closes_the_connection_and_stays_cance
         await task
     assert await closed_by_server(reader)
     assert await wait_until(lambda: not server.connections)
+
+
+def send_a_body_past_the_limit_then_read(port: int) -> tuple[str | None, bytes]:
+    """A client that sends its whole (too large) body before reading, as most do: (the error its
+    sending met, if any; what it then read)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n" % 65536 + b"x" * 65536 + b"\r\n"
+        failed = None
+        try:
+            for _ in range(64):  # 4 MiB against a 1 KiB limit
+                client.sendall(chunk)
+            client.sendall(b"0\r\n\r\n")
+        except OSError as error:
+            failed = repr(error)
+        try:
+            return failed, client.recv(65536)
+        except OSError as error:
+            return failed or repr(error), b""
+
+
+async def test_a_client_still_sending_a_refused_body_reads_the_refusal(probed: tuple[HttpServer, ProbeApp]) -> None:
+    """The server lingers after refusing: it reads and drops the rest, so the client's sending
+    is not reset and the 413 reaches it, however many chunks it sends after the limit."""
+    server, app = probed
+    for _ in range(3):
+        failed, answer = await asyncio.to_thread(send_a_body_past_the_limit_then_read, server.port)
+        assert failed is None, failed
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+    assert app.calls == 0
