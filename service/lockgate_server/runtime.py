@@ -64,6 +64,8 @@ class Runtime:
                 snapshot_inline_items_max=settings.snapshot_inline_items_max,
                 max_objects_per_namespace=settings.max_objects_per_namespace,
                 standby_poll_ms=settings.standby_poll_ms,
+                owner_lease_ms=settings.owner_lease_ms,
+                commits_in_flight=settings.commits_in_flight,
                 advertise_url=settings.advertise_url or f"http://{_url_host(settings.host)}:{settings.port}",
             )
             self.engine = Engine(store, config)

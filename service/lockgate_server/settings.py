@@ -90,6 +90,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Ops waiting for one commit; past it new requests get 503 with Retry-After."""
     standby_poll_ms: Annotated[int, msgspec.Meta(ge=50, le=60_000)] = limits.STANDBY_POLL_MS
     """A standby node (its shards owned by a live node) checks this often whether it can take them over."""
+    owner_lease_ms: Annotated[int, msgspec.Meta(ge=1_000, le=60_000)] = limits.OWNER_LEASE_MS
+    """This node's lease on its shards, renewed every third of it. Failover takes at most this plus
+    standby_poll_ms plus loading; a store that stalls longer (a managed Redis failing over) makes
+    the node stop serving until it has its lease back: raise it for such a store."""
+    commits_in_flight: Annotated[int, msgspec.Meta(ge=1, le=16)] = limits.COMMITS_IN_FLIGHT
+    """Commits pipelined to the store at once; more can help a store many milliseconds away."""
     advertise_url: str | None = None
     """The URL other nodes relay requests to while this node owns the shards, e.g. http://10.0.0.7:8420.
     Unset: http://HOST:PORT (right on one host; set it when HOST is 0.0.0.0 or behind NAT)."""
