@@ -6,6 +6,7 @@ standby relays to it over HTTP, and answers exactly what the active node answere
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from lockgate_server import limits
-from lockgate_server.api.forward import FORWARDED_BY, Forwarder
+from lockgate_server.api.forward import FORWARDED_BY, Forwarder, _read_answer
 from lockgate_server.api.metrics import Metrics
 from lockgate_server.harness import ServerProcess
 from lockgate_server.settings import Settings
@@ -195,3 +196,68 @@ def test_a_relayed_request_carries_the_callers_address_for_gateway_keys() -> Non
     # A caller that says who it is (or a proxy in front that did) is taken at its word.
     scope["headers"].append((b"x-forwarded-for", b"203.0.113.1"))
     assert "x-real-ip" not in forwarder._request_head(scope, "active:8420", 0).decode()
+
+
+# Far more than the active node takes to answer these, far less than the relay waits for an
+# answer by default (a blocking acquire's longest wait and its commit, over a minute): a relay
+# stuck reading the wrong framing fails the test instead of stalling it.
+PROMPT_S = 5.0
+# Interim answers (RFC 9110 15.2) come ahead of the final one, each ending at its head.
+INTERIM_THEN_OK = (
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+)
+
+
+def test_a_head_request_through_a_standby_gets_the_active_nodes_answer_at_once(pair: Pair) -> None:
+    caller = {"X-Real-IP": "203.0.113.20"}
+    with httpx.Client(timeout=PROMPT_S) as client:
+        # An answer to HEAD has no body, whatever length it declares (RFC 9112 6.3).
+        for _ in range(2):
+            assert client.head(f"{pair.standby.url}/check/relayed", headers=caller).status_code == 200
+        denied = client.head(f"{pair.standby.url}/check/relayed", headers=caller)
+        # The active node's 429, not the domain's failure_mode decided here after a timeout.
+        assert denied.status_code == 429 and FORWARDED_BY.decode() in denied.headers, denied.headers
+        assert "X-Lockgate-Failure" not in denied.headers and denied.headers["X-RateLimit-Remaining"] == "0"
+        direct = client.head(f"{pair.active.url}{LOCKS}/job")
+        relayed = client.head(f"{pair.standby.url}{LOCKS}/job")
+        assert relayed.status_code == direct.status_code == 405, relayed.headers
+        assert relayed.headers["content-length"] == direct.headers["content-length"]  # what a GET's body would be
+        # The keep-alive connection the standby read that answer on is still in step.
+        assert client.get(f"{pair.standby.url}{LOCKS}/job").json()["held"] is False
+
+
+def test_a_write_that_expects_100_continue_through_a_standby_gets_its_answer(pair: Pair) -> None:
+    with httpx.Client(timeout=PROMPT_S) as client:
+        acquired = client.post(
+            f"{pair.standby.url}{LOCKS}/expecting/acquire", json={"ttl_ms": 60_000}, headers={"Expect": "100-continue"}
+        )
+        assert acquired.status_code == 200 and FORWARDED_BY.decode() in acquired.headers, acquired.text
+        assert client.get(f"{pair.active.url}{LOCKS}/expecting").json()["token"] == acquired.json()["token"]
+
+
+def test_a_relayed_answer_carries_one_date(pair: Pair) -> None:
+    with httpx.Client(timeout=PROMPT_S) as client:
+        relayed = client.get(f"{pair.standby.url}{LOCKS}/job")
+        assert relayed.status_code == 200 and FORWARDED_BY.decode() in relayed.headers
+        assert len(relayed.headers.get_list("date")) == 1, relayed.headers  # RFC 9110 6.6.1: one value
+
+
+@pytest.mark.parametrize(
+    ("method", "answer", "status", "body"),
+    [
+        ("POST", INTERIM_THEN_OK, 200, b"ok"),
+        # No body after a 204 or a 304, nor after any answer to HEAD (RFC 9112 6.3).
+        ("GET", b"HTTP/1.1 204 No Content\r\ncontent-length: 2\r\n\r\n", 204, b""),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\ncontent-length: 2\r\n\r\n", 304, b""),
+        ("HEAD", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", 200, b""),
+        ("HEAD", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", 200, b""),
+    ],
+)
+async def test_an_answer_from_the_active_node_ends_where_http_says(
+    method: str, answer: bytes, status: int, body: bytes
+) -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(answer + b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext")  # the next answer on the connection
+    assert (await _read_answer(reader, method=method))[::2] == (status, body)
+    assert (await _read_answer(reader, method="GET"))[::2] == (200, b"next")

@@ -32,11 +32,17 @@ FORWARDED_BY = b"lockgate-forwarded-by"
 """Set on a relayed request (so it is never relayed twice) and on the answer the caller gets."""
 
 # Headers about one connection, not the request: never relayed (RFC 9110 section 7.6.1),
-# and the length is set anew.
+# and the length is set anew. Expect too: this node's server already answered it to the
+# caller and read the whole body, and the owner's `100 Continue` would only be one more head
+# to read before its answer.
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-     b"host", b"content-length"}
+     b"host", b"content-length", b"expect"}
 )  # fmt: skip
+# Written on every answer by this node's own HTTP server: the owner's would make it two.
+_SET_BY_OUR_SERVER = frozenset({b"date"})
+# Answers that end at their head whatever length they declare (RFC 9112 section 6.3).
+_BODILESS_STATUSES = frozenset({204, 304})
 _CLIENT_IP_HEADERS = (b"x-forwarded-for", b"x-real-ip")
 
 
@@ -119,7 +125,8 @@ class Forwarder:
             return
         self._answered.inc()
         answer_headers.append((FORWARDED_BY, self._node_id().encode()))
-        answer_headers.append((b"content-length", str(len(answer)).encode()))
+        if not any(name == b"content-length" for name, _ in answer_headers):  # kept only where no body follows
+            answer_headers.append((b"content-length", str(len(answer)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": answer_headers})
         await send({"type": "http.response.body", "body": answer})
 
@@ -177,7 +184,7 @@ class Forwarder:
                 async with asyncio.timeout(timeout_s):
                     writer.write(self._request_head(scope, parts.netloc, len(body)) + body)
                     sent = True
-                    status, answer_headers, answer, keep_alive = await _read_answer(reader)
+                    status, answer_headers, answer, keep_alive = await _read_answer(reader, method=scope["method"])
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as error:
                 writer.close()
                 self._owner = (None, 0.0)  # look the owner up again: it may have changed
@@ -243,10 +250,22 @@ def _replayed(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head[:-4].split(b"\r\n")
-    status = int(status_line.split(b" ", 2)[1])
+async def _read_answer(
+    reader: asyncio.StreamReader, *, method: str
+) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    """The owner's final answer to a `method` request: status, headers (those about the
+    connection, or that our server writes itself, left out), body, and whether the
+    connection may carry another request."""
+    status = 0
+    while status < 200:
+        # Interim answers (RFC 9110 section 15.2) may come first; each ends at its head. Never
+        # a 101: Upgrade is not relayed.
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head[:-4].split(b"\r\n")
+        try:
+            status = int(status_line.split(b" ", 2)[1])
+        except IndexError:
+            raise ValueError(f"not an HTTP status line: {status_line[:80]!r}") from None
     headers: list[tuple[bytes, bytes]] = []
     length: int | None = None
     chunked, keep_alive = False, True
@@ -259,8 +278,14 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, list[tuple[by
             chunked = value.lower() == b"chunked"
         elif name == b"connection":
             keep_alive = value.lower() != b"close"
-        if name not in _HOP_BY_HOP:
+        if name not in _HOP_BY_HOP and name not in _SET_BY_OUR_SERVER:
             headers.append((name, value))
+    if method == "HEAD" or status in _BODILESS_STATUSES:
+        if length is not None:
+            # Not this answer's framing but the length a GET's body (or a 200's) would have:
+            # relayed as the owner gave it.
+            headers.append((b"content-length", b"%d" % length))
+        return status, headers, b"", keep_alive
     if length is not None:
         return status, headers, await reader.readexactly(length), keep_alive
     if chunked:
