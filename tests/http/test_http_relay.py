@@ -159,6 +159,16 @@ def test_a_relayed_request_is_never_relayed_again(pair: Pair) -> None:
         assert "retry-after" in refused.headers
 
 
+def test_a_forged_relay_header_does_not_get_a_gateway_check_past_its_limit(pair: Pair) -> None:
+    """Anyone can send the header (nginx and Traefik pass a client's headers on to the check):
+    on a standby it must not make the check fall back to the domain's failure_mode (allow)."""
+    caller = {"X-Real-IP": "203.0.113.30", FORWARDED_BY.decode(): "forged"}
+    with httpx.Client(timeout=10) as client:
+        answers = [client.get(f"{pair.standby.url}/check/relayed", headers=caller) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [503] * 4, [answer.text for answer in answers]
+    assert "X-Lockgate-Failure" not in answers[0].headers
+
+
 def test_a_standby_is_not_ready_while_the_active_node_is_gone_then_serves_itself(pair: Pair) -> None:
     with httpx.Client(timeout=10) as client:
         assert client.get(f"{pair.standby.url}/readyz").json()["relays_to"] == pair.active.url

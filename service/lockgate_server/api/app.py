@@ -70,9 +70,12 @@ class LockgateApp:
         self.litestar = self._build_litestar()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.forwarder.applies(scope) and self._relayed(scope["path"]):
-            local = self.gateway if self.gateway.decides(scope["path"]) else None
-            await self.forwarder(scope, receive, send, local)
+        if scope["type"] == "http" and self.forwarder.standing_by and self._relayed(scope["path"]):
+            if self.forwarder.relayed_before(scope):
+                await self.forwarder.refuse_relayed(scope, send)
+            else:
+                local = self.gateway if self.gateway.decides(scope["path"]) else None
+                await self.forwarder(scope, receive, send, local)
         elif scope["type"] == "http" and self.gateway.handles(scope["path"]):
             await self.gateway(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith("/v1/"):

@@ -72,9 +72,18 @@ class Forwarder:
         engine = self._engine()
         return engine is not None and engine.standing_by
 
-    def applies(self, scope: Scope) -> bool:
-        """A standby relays; a request that was relayed once is answered here (as a standby: 503)."""
-        return self.standing_by and all(name != FORWARDED_BY for name, _ in scope["headers"])
+    @staticmethod
+    def relayed_before(scope: Scope) -> bool:
+        return any(name == FORWARDED_BY for name, _ in scope["headers"])
+
+    async def refuse_relayed(self, scope: Scope, send: Send) -> None:
+        """A request relayed to this standby: never relayed again (no loops while the owner
+        moves), and never decided here either. Anyone can send the header, and a gateway check
+        decided on a standby falls back to its domain's failure_mode: `allow` would let a
+        client that adds the header past every limit."""
+        wants_msgpack = any(name == b"accept" and MSGPACK in value for name, value in scope["headers"])
+        refusal = Unavailable("this node is a standby and does not serve relayed requests; retry at the active node")
+        await send_problem(send, problems.problem_for(refusal), wants_msgpack)
 
     async def owner_url(self) -> str | None:
         """The URL of the node serving the shards, if a live one announced it (briefly cached)."""
