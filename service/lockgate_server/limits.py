@@ -102,6 +102,11 @@ GATEWAY_ENTRY_VALUE_MAX_LENGTH: Final = 2048
 """Descriptor values are part of state keys (paths and header values can be long)."""
 GATEWAY_POLICY_NODES_MAX: Final = 100_000
 """Descriptors (at every depth) one domain's policy may declare."""
+GATEWAY_POLICY_FILE_NODES_MAX: Final = 1_000_000
+"""Descriptors (at every depth, in all its domains) one policy file may declare, each use of a
+YAML alias counted. A file without aliases never gets there within GATEWAY_POLICY_BYTES_MAX (a
+descriptor takes at least 8 bytes); one that reuses a tree in many domains would be expanded
+once per domain, each within GATEWAY_POLICY_NODES_MAX."""
 GATEWAY_POLICY_BYTES_MAX: Final = 4 * 1024 * 1024
 """Largest policy file or admin PUT body."""
 GATEWAY_FAILURE_TIMEOUT_DEFAULT_MS: Final = 200

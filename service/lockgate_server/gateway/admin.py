@@ -35,7 +35,7 @@ from ..errors import (
 from ..settings import Settings
 from .asgi import Receive, Scope, Send, presented_key, read_body, send_json, send_problem
 from .decision import Decider, RequestDescriptor
-from .loader import PolicyError, parse_policies, policy_from_mapping
+from .loader import NESTED_TOO_DEEPLY, PolicyError, parse_policies, policy_from_mapping
 from .policy import DomainPolicy, EntryKey, EntryValue
 from .registry import PolicyRegistry, Source
 from .rls import check_entries
@@ -244,7 +244,9 @@ def _policy_from_body(domain: str, body: bytes, headers: dict[bytes, bytes]) -> 
     suffix = POLICY_MEDIA_TYPES.get(content_type.decode("latin-1"))
     try:
         if suffix is not None:
-            policies = parse_policies(body, source="request body" + suffix)
+            # Refused before conversion: `domains: [*d, *d, ...]` would convert one aliased
+            # domain per use only to refuse them all for being more than one.
+            policies = parse_policies(body, source="request body" + suffix, domains_max=1)
         else:
             raw = msgspec.json.decode(body or b"{}")
             if isinstance(raw, dict):
@@ -252,8 +254,11 @@ def _policy_from_body(domain: str, body: bytes, headers: dict[bytes, bytes]) -> 
             policies = [policy_from_mapping(raw, source="request body")]
     except (PolicyError, msgspec.DecodeError) as error:
         raise InvalidRequest(str(error)) from error
-    if len(policies) != 1:
-        raise InvalidRequest("send exactly one domain's policy")
-    if policies[0].domain != domain:
-        raise InvalidRequest(f"the body is the policy of {policies[0].domain!r}, the path names {domain!r}")
-    return policies[0]
+    except RecursionError as error:
+        # msgspec's JSON decoder recurses once per nesting level: `[[[[...` a few thousand deep
+        # runs out of stack (the policy file formats are caught in parse_policies).
+        raise InvalidRequest(f"request body: {NESTED_TOO_DEEPLY}") from error
+    (policy,) = policies  # parse_policies refuses none and, with domains_max=1, more than one
+    if policy.domain != domain:
+        raise InvalidRequest(f"the body is the policy of {policy.domain!r}, the path names {domain!r}")
+    return policy
