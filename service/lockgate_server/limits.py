@@ -136,6 +136,16 @@ GRPC_CONNECTION_BUFFER_BYTES_MAX: Final = 4 * 1_048_576
 DATA would pass it is reset (ENHANCE_YOUR_CALM). At least one largest message, with room."""
 GRPC_HANDSHAKE_TIMEOUT_MS: Final = 10_000
 """A new gRPC connection must send its preface and SETTINGS within this, or is closed."""
+GRPC_IDLE_TIMEOUT_MS: Final = 5 * 60 * 1000
+"""A gRPC connection with no call open for this long is sent GOAWAY (NO_ERROR, in RFC 9113's
+graceful two steps, so a call crossing it is still answered) and closed; Envoy opens a new one
+for its next call. Without it, clients that vanish or go quiet hold their places among
+GRPC_CONNECTIONS_MAX for ever. Long enough that a connection busy once a minute is kept;
+enforced up to a quarter of the shorter of this and GRPC_REQUEST_TIMEOUT_MS late."""
+GRPC_REQUEST_TIMEOUT_MS: Final = 30_000
+"""From a gRPC call's HEADERS to the end of its request (END_STREAM); a slower request's stream
+is reset (CANCEL) and its place and bytes freed. Envoy sends a unary request at once; the same
+bound as HTTP_READ_TIMEOUT_MS."""
 
 # --- the HTTP/1.1 server -----------------------------------------------------------------
 HTTP_HEADER_BYTES_MAX: Final = 65_536

@@ -207,6 +207,8 @@ def grpc_server(methods: Mapping[str, UnaryMethod]) -> GrpcServer:
             body_bytes_max=limits.GRPC_MESSAGE_BYTES_MAX + 5,
             buffered_bytes_max=limits.GRPC_CONNECTION_BUFFER_BYTES_MAX,
             handshake_timeout_s=limits.GRPC_HANDSHAKE_TIMEOUT_MS / 1000,
+            idle_timeout_s=limits.GRPC_IDLE_TIMEOUT_MS / 1000,
+            request_timeout_s=limits.GRPC_REQUEST_TIMEOUT_MS / 1000,
         ),
         connections_max=limits.GRPC_CONNECTIONS_MAX,
     )
