@@ -7,10 +7,9 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from . import _core, errors
 from ._core import (
@@ -64,13 +63,10 @@ class AsyncTransport:
 
     def __init__(self, base_url: str, api_key: str | None, max_connections: int, node: int = 0) -> None:
         self.node = node
-        parts = urlsplit(base_url)
-        if parts.scheme != "http":
-            raise ValueError("only http:// URLs are supported (put TLS in front with a sidecar)")
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 80
-        self._host_header = parts.netloc
-        self._api_key = api_key
+        self._address = _core.node_address(base_url)
+        self._host = self._address.host
+        self._port = self._address.port
+        self._api_key = _core.checked_api_key(api_key)
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
         self.requests_sent = 0
@@ -105,13 +101,14 @@ class AsyncTransport:
 
     async def _exchange(self, connection: _Connection, method: str, path: str, body: bytes, reused: bool) -> Response:
         answer_started = False
+        target = self._address.target(path)
+        request = _core.request_head(method, target, self._address.host_header, len(body), self._api_key)
         try:
-            request = _core.request_head(method, path, self._host_header, len(body), self._api_key)
             connection.writer.write(request + body)
             self.requests_sent += 1
             head = await connection.reader.readuntil(b"\r\n\r\n")
             answer_started = True
-            status, keep_alive, relayed, content_type, data = await _read_response(connection.reader, head)
+            answer, data = await _read_response(connection.reader, head)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
             connection.close()
             nothing_came = isinstance(error, _CLOSED_ERRORS) or (
@@ -121,13 +118,14 @@ class AsyncTransport:
                 raise _StaleConnection from error
             raise errors.TransportError(f"{method} {path}: {error!r}") from error
         except BaseException:
-            connection.close()  # cancelled mid-request: the connection's state is unknown
+            # Cancelled mid-request, or an answer refused unread (too long): the connection's state is unknown.
+            connection.close()
             raise
-        if keep_alive:
+        if answer.keep_alive:
             self._idle.append(connection)
         else:
             connection.close()
-        return Response(status, _core.decode_body(data, content_type), self.node, relayed)
+        return Response(answer.status, _core.decode_body(data, answer.content_type), self.node, answer.relayed)
 
     async def _connect(self, timeout: float) -> _Connection:
         try:
@@ -172,29 +170,49 @@ class AsyncNodes:
             await transport.close()
 
 
-async def _read_response(reader: asyncio.StreamReader, head: bytes) -> tuple[int, bool, bool, str, bytes]:
-    """(status, keep-alive, relayed by a standby, content type, body) of the answer whose head was read."""
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-    keep_alive = headers.get("connection", "").lower() != "close"
-    relayed = _core.RELAYED_BY in headers
-    content_type = headers.get("content-type", _core.MSGPACK)
-    if "content-length" in headers:
-        return status, keep_alive, relayed, content_type, await reader.readexactly(int(headers["content-length"]))
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks: list[bytes] = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                return status, keep_alive, relayed, content_type, b"".join(chunks)
-            chunks.append(chunk[:-2])
-    return status, False, relayed, content_type, await reader.read()
+async def _read_response(reader: asyncio.StreamReader, head: bytes) -> tuple[_core.ResponseHead, bytes]:
+    """The final answer (its head and body) to the request whose first answer head was read.
+
+    1xx interim answers (100 Continue, 103 Early Hints) are skipped, up to INTERIM_ANSWERS_MAX.
+    ValueError for a malformed answer, UnexpectedResponse for a body past RESPONSE_BYTES_MAX.
+    """
+    answer = _core.parse_response_head(head)
+    for _ in range(_core.INTERIM_ANSWERS_MAX):
+        if not answer.interim:
+            break
+        answer = _core.parse_response_head(await reader.readuntil(b"\r\n\r\n"))
+    if answer.interim:
+        raise ValueError(f"more than {_core.INTERIM_ANSWERS_MAX} interim (1xx) answers")
+    if answer.framing == "none":
+        return answer, b""
+    if answer.framing == "length":
+        return answer, await reader.readexactly(answer.length)
+    if answer.framing == "chunked":
+        return answer, await _read_chunked(reader)
+    chunks: list[bytes] = []  # until the server closes the connection
+    received = 0
+    while chunk := await reader.read(65536):
+        received += len(chunk)
+        _core.check_response_length(received)
+        chunks.append(chunk)
+    return answer, b"".join(chunks)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        size = _core.parse_chunk_size(await reader.readuntil(b"\r\n"))
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass  # trailer fields: nothing we read
+            return b"".join(chunks)
+        received += size
+        _core.check_response_length(received)  # before reading this chunk
+        chunk = await reader.readexactly(size + 2)
+        if chunk[-2:] != b"\r\n":
+            raise ValueError("a chunk not followed by CRLF")
+        chunks.append(chunk[:-2])
 
 
 _Item = tuple[Send, "asyncio.Future[Response]"]
@@ -305,6 +323,8 @@ class AsyncClient:
         self._transport = AsyncNodes(_core.node_urls(url), api_key, max_connections)
         self._batcher = _Batcher(self._transport, max_batch_ops) if batching else None
         self._rng = random.Random()
+        # The leases this client renews in the background, by lease_id: a renewal by hand tells their keeper.
+        self._renewing: dict[str, AsyncLeaseContext] = {}
 
     @property
     def requests_sent(self) -> int:
@@ -408,8 +428,27 @@ class AsyncClient:
         return released
 
     async def renew(self, lease: Lease, ttl: float | None = None, *, timeouts: Timeouts | None = None) -> None:
-        """Extend a lease to `ttl` seconds from now (its own TTL by default); NotOwner if it is gone."""
-        lease.ttl = await self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
+        """Extend a lease to `ttl` seconds from now (its own TTL by default); NotOwner if it is gone.
+
+        A lease this client renews in the background (`lock()`, `semaphore()`) is then renewed
+        on the new TTL's schedule, and a refusal here counts as its loss.
+        """
+        context = self._renewing.get(lease.lease_id)
+        sent_at = time.monotonic()
+        try:
+            lease.ttl = await self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
+        except errors.LockgateError as error:
+            if context is not None:
+                requested = _core.renewal_ttl(lease, ttl)
+                with context.rescheduling() as keeper:
+                    if keeper is not None:
+                        keeper.renewal_by_hand_failed(error, sent_at=sent_at, ttl=requested)
+            raise
+        if context is not None:
+            now = time.monotonic()
+            with context.rescheduling() as keeper:
+                if keeper is not None:
+                    keeper.renewed_by_hand(sent_at=sent_at, ttl=lease.ttl, now=now)
 
     async def rate_limit(
         self,
@@ -502,6 +541,8 @@ class AsyncLeaseContext:
         self._on_lost = on_lost
         self._timeouts = timeouts
         self._renewer: asyncio.Task[None] | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._rescheduled = asyncio.Event()  # a renewal by hand changed the keeper's schedule
         self._guarded: asyncio.Task[Any] | None = None
         self._cancelled_by_us = False
         self.lease: Lease | None = None
@@ -516,8 +557,18 @@ class AsyncLeaseContext:
         if self._auto_renew:
             keeper = LeaseKeeper(self.lease, sent_at=sent_at, answered_at=time.monotonic(),
                                  timeouts=self._client.timeouts, on_lost=self._on_lost)  # fmt: skip
+            self._keeper = keeper
+            self._rescheduled = asyncio.Event()  # of this loop: a context may be used again under another
+            self._client._renewing[self.lease.lease_id] = self
             self._renewer = asyncio.ensure_future(self._keep(keeper))
         return self.lease
+
+    @contextlib.contextmanager
+    def rescheduling(self) -> Iterator[LeaseKeeper | None]:
+        """The keeper (None once released), to report a renewal sent by hand; the renewer then
+        wakes to follow its new schedule."""
+        yield self._keeper
+        self._rescheduled.set()
 
     async def __aenter__(self) -> Lease:
         self._guarded = asyncio.current_task()
@@ -549,6 +600,9 @@ class AsyncLeaseContext:
             await asyncio.wait([self._renewer])
             self._renewer = None
         lease = self.lease
+        if lease is not None and self._client._renewing.get(lease.lease_id) is self:
+            del self._client._renewing[lease.lease_id]
+        self._keeper = None
         if lease is None or lease.released:
             return
         if not lease.lost:
@@ -564,14 +618,17 @@ class AsyncLeaseContext:
         while True:
             step = keeper.next(time.monotonic())
             if isinstance(step, _core.Wait):
-                await asyncio.sleep(step.seconds)
+                self._rescheduled.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(step.seconds):
+                        await self._rescheduled.wait()
             elif isinstance(step, _core.Renew):
                 try:
                     ttl = await self._client.run(_core.renew_call(keeper.lease), timeouts=step.timeouts)
-                except errors.LockgateError as error:
+                except Exception as error:  # any failure is one failed attempt: the renewer must not die of it
                     keeper.renewal_failed(error, time.monotonic())
                 else:
-                    keeper.renewed(ttl)
+                    keeper.renewed(ttl, time.monotonic())
             else:
                 if step.lost and self._cancel_on_loss and self._guarded is not None and not self._guarded.done():
                     self._cancelled_by_us = True

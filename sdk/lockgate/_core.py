@@ -15,8 +15,8 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote, urlsplit
 
 import msgspec
 
@@ -30,8 +30,9 @@ RELAYED_BY = "lockgate-forwarded-by"
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 _json_decoder = msgspec.json.Decoder()
-# The one side effect of the core: a user's on_lost callback that raises is logged, because
-# the renewer that called it must carry on (and the caller's block must still be released).
+# The one side effect of the core: a user's on_lost callback that raises, or a renewal that
+# fails with an exception that is not a LockgateError, is logged, because the renewer must
+# carry on (and the caller's block must still be released).
 _log = logging.getLogger("lockgate")
 
 # Problem `type` URIs the server answers with, mapped to our exception classes.
@@ -146,6 +147,74 @@ def node_urls(url: str | Sequence[str]) -> list[str]:
     if not urls:
         raise ValueError("give at least one node URL")
     return urls
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where one node is and how to address it, read from its URL once."""
+
+    host: str  # to connect to (an IPv6 address without brackets)
+    port: int
+    host_header: str  # the Host header: hostname (bracketed if IPv6) and the port if the URL gave one
+    path_prefix: str  # "" or e.g. "/lockgate": the server mounted under a path behind a proxy
+
+    def target(self, path: str) -> str:
+        """The request target for an API path such as /v1/batch."""
+        return self.path_prefix + path
+
+
+# Characters a path prefix keeps as they are: RFC 3986 pchar and "/", plus "%" so that a
+# prefix already percent-encoded is not encoded twice.
+_PATH_SAFE = "/%:@!$&'()*+,;=~"
+
+
+def node_address(url: str) -> NodeAddress:
+    """A node's URL checked and taken apart, for both clients.
+
+    Only http:// (TLS belongs to a sidecar or proxy). A path is kept as a prefix of every
+    request (http://proxy/lockgate/ sends /lockgate/v1/...). Credentials in the URL are
+    refused, not ignored: the server reads only its API key, so a user:password that was
+    meant to authenticate would silently not, and one sent in the Host header would leak.
+    The messages never repeat the URL, which may hold such a secret.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError("only http:// URLs are supported (put TLS in front with a sidecar)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a node URL may not carry credentials (user:password@): give the API key as api_key=")
+    if parts.query or parts.fragment:
+        raise ValueError("a node URL takes no query string or fragment")
+    host = parts.hostname or "127.0.0.1"
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")  # an internationalised name, as DNS and Host carry it
+    port = parts.port  # ValueError for a port that is not a number in 0-65535
+    bracketed = f"[{host}]" if ":" in host else host
+    host_header = bracketed if port is None else f"{bracketed}:{port}"
+    prefix = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
+    return NodeAddress(host=host, port=80 if port is None else port, host_header=host_header, path_prefix=prefix)
+
+
+def checked_api_key(api_key: str | None) -> str | None:
+    """The API key as it will be sent, checked once when a client is made; None sends none.
+
+    Surrounding whitespace is stripped: a key read from a file or an environment variable
+    often ends with a newline, no key holds whitespace, and the server strips it as well.
+    What is left must be visible ASCII (0x21-0x7E): anything else would break the request
+    head (CR, LF) or be encoded differently by the two clients and the server. The error
+    says where the bad character is and never repeats the key, which would otherwise end up
+    in logs and tracebacks. An empty key (after stripping) means no key, as it always has.
+    """
+    if api_key is None:
+        return None
+    if not isinstance(api_key, str):
+        raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+    key = api_key.strip()
+    for position, char in enumerate(key, start=1):
+        if not "\x21" <= char <= "\x7e":
+            control = char < "\x20" or char == "\x7f"
+            what = "whitespace" if char.isspace() else "a control character" if control else "not ASCII"
+            raise ValueError(f"api_key: character {position} is {what}; a key is visible ASCII only (0x21-0x7E)")
+    return key or None
 
 
 class Nodes:
@@ -377,6 +446,107 @@ def request_head(method: str, path: str, host: str, body_length: int, api_key: s
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+# --- reading answers ---------------------------------------------------------------------------------
+RESPONSE_BYTES_MAX = 16 * 2**20
+"""The largest answer body either client reads (16 MiB); a larger one is refused unread as an
+UnexpectedResponse. The largest answers the server gives (a batch of `max_batch_ops` results, a
+listing of held locks) are far below it; a body past it is not the server's own (a proxy's
+download, a confused peer) and would otherwise be read into memory whole."""
+
+INTERIM_ANSWERS_MAX = 16
+"""How many 1xx interim answers (100 Continue, 103 Early Hints) may come before the final one,
+which each is skipped for; more is a peer in a loop, refused rather than read until the timeout."""
+
+# RFC 9110 §6.4.1: these answers never have a body, whatever their headers say.
+_BODYLESS_STATUSES = frozenset({204, 304})
+
+Framing = Literal["none", "length", "chunked", "close"]
+"""How an answer's body is delimited: none, `length` bytes, chunks, or until the peer closes."""
+
+
+def check_response_length(length: int) -> None:
+    """Refuse an answer body longer than RESPONSE_BYTES_MAX (raises UnexpectedResponse)."""
+    if length > RESPONSE_BYTES_MAX:
+        raise errors.UnexpectedResponse(
+            f"an answer body of more than {RESPONSE_BYTES_MAX} bytes (RESPONSE_BYTES_MAX) was refused unread"
+        )
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    """The status and framing of one answer, from its head (RFC 9112)."""
+
+    status: int
+    keep_alive: bool  # the connection may carry the next request once this body is read
+    relayed: bool
+    content_type: str
+    framing: Framing
+    length: int = 0
+
+    @property
+    def interim(self) -> bool:
+        """A 1xx: another head follows, on the same connection, for the same request."""
+        return self.status < 200
+
+
+def parse_response_head(head: bytes) -> ResponseHead:
+    """Read an answer's head (status line and headers, up to the blank line).
+
+    Raises ValueError for a head that is not HTTP/1.x (the shell turns it into a
+    TransportError, as http.client's BadStatusLine is in the blocking client), and
+    UnexpectedResponse for a body longer than RESPONSE_BYTES_MAX.
+    """
+    lines = head.decode("latin-1").split("\r\n")
+    fields = lines[0].split(" ", 2)
+    version = fields[0]
+    if not version.startswith("HTTP/1.") or len(fields) < 2 or len(fields[1]) != 3 or not fields[1].isdigit():
+        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
+    status = int(fields[1])
+    if status < 100:
+        raise ValueError(f"not an HTTP status: {status}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            # Repeated fields are one list (RFC 9110 §5.3): two Content-Lengths that differ are caught below.
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    keep_alive = "close" not in connection and (version != "HTTP/1.0" or "keep-alive" in connection)
+    relayed = RELAYED_BY in headers
+    content_type = headers.get("content-type", MSGPACK)
+
+    def framed(framing: Framing, length: int = 0, *, keep: bool = keep_alive) -> ResponseHead:
+        return ResponseHead(status, keep, relayed, content_type, framing, length)
+
+    # RFC 9112 §6.3, in its order.
+    if status < 200 or status in _BODYLESS_STATUSES:
+        return framed("none")
+    if "transfer-encoding" in headers:
+        codings = [coding.strip().lower() for coding in headers["transfer-encoding"].split(",")]
+        if codings[-1] != "chunked":
+            return framed("close", keep=False)
+        # With a Content-Length too, Transfer-Encoding wins; such an answer may be smuggled: never reuse it.
+        return framed("chunked", keep=keep_alive and "content-length" not in headers)
+    if "content-length" in headers:
+        values = {value.strip() for value in headers["content-length"].split(",")}
+        text = values.pop()
+        if values or not text.isdigit() or not text.isascii():
+            raise ValueError(f"not a Content-Length: {headers['content-length'][:40]!r}")
+        length = int(text)
+        check_response_length(length)
+        return framed("length", length)
+    return framed("close", keep=False)
+
+
+def parse_chunk_size(line: bytes) -> int:
+    """The size from a chunk's size line (hex digits, then maybe extensions); ValueError if malformed."""
+    size = line.split(b";", 1)[0].strip()
+    if not size or size.strip(b"0123456789abcdefABCDEF"):
+        raise ValueError(f"not a chunk size: {line[:40]!r}")
+    return int(size, 16)
+
+
 # --- building calls ----------------------------------------------------------------------------------
 class _RequestIds:
     """Unique request ids without a syscall each: 64 random bits per process and a counter.
@@ -470,9 +640,14 @@ def release_call(lease: Lease) -> Call[bool]:
     )
 
 
+def renewal_ttl(lease: Lease, ttl: float | None = None) -> float:
+    """The TTL a renewal asks for, in seconds: `ttl`, else the lease's own."""
+    return _ms(ttl or lease.ttl) / 1000
+
+
 def renew_call(lease: Lease, ttl: float | None = None) -> Call[float]:
     collection = "locks" if lease.kind == "lock" else "semaphores"
-    body = {"lease_id": lease.lease_id, "ttl_ms": _ms(ttl or lease.ttl), "request_id": new_request_id()}
+    body = {"lease_id": lease.lease_id, "ttl_ms": _ms(renewal_ttl(lease, ttl)), "request_id": new_request_id()}
     return Call(
         "POST",
         _object_path(lease.namespace, collection, lease.name) + "/renew",
@@ -617,6 +792,13 @@ class LeaseKeeper:
     A grant that came after a long wait in line may arrive past its own bound (the acquire was
     sent before the wait). It is renewed at once, once, with a budget of its own: if the
     server accepts, the lease was ours all along and the bound is based on that renewal.
+
+    A renewal made by hand (`client.renew(lease, ttl=...)`) sets the expiry as much as ours
+    do, so the shells report it here too (`renewed_by_hand`, `renewal_by_hand_failed`) and
+    wake the renewer: after renew(lease, ttl=1) the lease is safe for 1 s, not for the 30 s
+    of the last background renewal, and the next one is due in a third of a second.
+    Two renewals in flight at once may be applied in either order, so the bound after both
+    is the earlier of the two; only a renewal sent after the last answer extends it as is.
     """
 
     def __init__(
@@ -635,6 +817,9 @@ class LeaseKeeper:
         self._next_renewal_at = sent_at + lease.ttl / 3
         self._confirm_at_once = answered_at >= self._next_renewal_at
         self._renewal_sent_at: float | None = None
+        # When the last answer that set the expiry came: a renewal sent before it was in flight
+        # with that one, and either may have been the one the server applied last.
+        self._settled_at = answered_at
         self._lost_callback_fired = False
 
     def next(self, now: float) -> RenewalStep:
@@ -655,23 +840,58 @@ class LeaseKeeper:
         return Renew(Timeouts(connect=min(self._timeouts.connect, budget), read=min(self._timeouts.read, budget),
                               total=budget))  # fmt: skip
 
-    def renewed(self, ttl: float) -> None:
-        """The renewal sent at the last `Renew` was accepted; the server now holds it for `ttl`."""
-        assert self._renewal_sent_at is not None
-        self.lease.ttl = ttl
-        self.expires_by = self._renewal_sent_at + ttl
-        self._next_renewal_at = self._renewal_sent_at + ttl / 3
-        self._confirm_at_once = False
+    def renewed(self, ttl: float, now: float | None = None) -> None:
+        """The renewal sent at the last `Renew` was accepted at `now` (by default: at once); the
+        server now holds the lease for `ttl`."""
+        sent_at = self._renewal_sent_at
+        assert sent_at is not None
+        self._renewal_sent_at = None
+        self._settle(sent_at, ttl, sent_at if now is None else now)
 
-    def renewal_failed(self, error: errors.LockgateError, now: float) -> None:
+    def renewed_by_hand(self, *, sent_at: float, ttl: float, now: float) -> None:
+        """A renewal the caller sent at `sent_at` was accepted at `now` for `ttl`."""
+        self._settle(sent_at, ttl, now)
+
+    def _settle(self, sent_at: float, ttl: float, answered_at: float) -> None:
+        self.lease.ttl = ttl
+        self._confirm_at_once = False
+        if sent_at >= self._settled_at:  # sent after every earlier answer: the server applied it last
+            self.expires_by = sent_at + ttl
+            self._next_renewal_at = sent_at + ttl / 3
+        else:
+            self.expires_by = min(self.expires_by, sent_at + ttl)
+            self._next_renewal_at = min(self._next_renewal_at, sent_at + ttl / 3)
+        self._settled_at = max(self._settled_at, answered_at)
+
+    def renewal_failed(self, error: Exception, now: float) -> None:
+        """The renewal sent at the last `Renew` failed with `error`, a LockgateError or any
+        other exception (a bug, say): that is one failed attempt, retried until the bound."""
+        self._renewal_sent_at = None
         self._confirm_at_once = False
         if self.lease.released or self.lease.releasing:
             return  # refused because we released it: that is no loss
-        hopeless = isinstance(error, errors.NotOwner | errors.Forbidden | errors.Unauthorized)
-        if hopeless or now >= self.expires_by:
+        if not isinstance(error, errors.LockgateError):
+            # Not ours to swallow silently, nor to let end the renewal: the lease would be kept by nobody.
+            _log.warning("renewing lease %s on %r raised", self.lease.lease_id, self.lease.name, exc_info=error)
+        if _hopeless(error) or now >= self.expires_by:
             self.mark_lost()
         else:
             self._next_renewal_at = now + max(0.05, self.lease.ttl / 20)
+
+    def renewal_by_hand_failed(self, error: errors.LockgateError, *, sent_at: float, ttl: float) -> None:
+        """A renewal the caller sent at `sent_at` for `ttl` failed with `error`.
+
+        A refusal (NotOwner...) means the lease is lost. Any other failure may still have been
+        applied (an answer lost on the way back): the lease may now end at `sent_at + ttl`, so the
+        bound and the next renewal are moved no later than that.
+        """
+        if self.lease.released or self.lease.releasing:
+            return
+        if _hopeless(error):
+            self.mark_lost()
+            return
+        self.expires_by = min(self.expires_by, sent_at + ttl)
+        self._next_renewal_at = min(self._next_renewal_at, sent_at + ttl / 3)
 
     def mark_lost(self) -> None:
         self.lease.lost = True
@@ -681,6 +901,11 @@ class LeaseKeeper:
                 self.on_lost(self.lease)
             except Exception:
                 _log.exception("the on_lost callback of lease %s on %r raised", self.lease.lease_id, self.lease.name)
+
+
+def _hopeless(error: Exception) -> bool:
+    """A renewal refused for good: the lease is gone, or this key may not keep it."""
+    return isinstance(error, errors.NotOwner | errors.Forbidden | errors.Unauthorized)
 
 
 def release_timeouts_after_loss(defaults: Timeouts) -> Timeouts:

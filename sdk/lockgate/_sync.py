@@ -10,10 +10,9 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit
 
 from . import _core, errors
 from ._core import (
@@ -40,12 +39,12 @@ class SyncTransport:
 
     def __init__(self, base_url: str, api_key: str | None, node: int = 0) -> None:
         self.node = node
-        parts = urlsplit(base_url)
-        if parts.scheme != "http":
-            raise ValueError("only http:// URLs are supported (put TLS in front with a sidecar)")
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 80
-        self._headers = {"Content-Type": _core.MSGPACK, "Accept": _core.MSGPACK}
+        self._address = _core.node_address(base_url)
+        self._host = self._address.host
+        self._port = self._address.port
+        # Host as the async client sends it (http.client would build the same from host and port).
+        self._headers = {"Host": self._address.host_header, "Content-Type": _core.MSGPACK, "Accept": _core.MSGPACK}
+        api_key = _core.checked_api_key(api_key)
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._idle: queue.LifoQueue[_Connection] = queue.LifoQueue()
@@ -93,12 +92,17 @@ class SyncTransport:
             sock = connection.sock  # http.client lets go of it early when the answer closes the connection
             assert isinstance(sock, _DeadlineSocket)
             sock.deadline = deadline
-            connection.request(method, path, body=body, headers=self._headers)
+            connection.request(method, self._address.target(path), body=body, headers=self._headers)
             with self._count_lock:
                 self.requests_sent += 1
             answer = connection.getresponse()
             answer_started = True
-            data = answer.read()
+            if answer.length is not None:  # a Content-Length: refused before a byte of the body is read
+                _core.check_response_length(answer.length)
+                data = answer.read()  # whole, or IncompleteRead (read(amt) would hide a short body)
+            else:  # chunked, or until the server closes: read one byte past the bound at most
+                data = answer.read(_core.RESPONSE_BYTES_MAX + 1)
+                _core.check_response_length(len(data))
             sock.deadline = None  # idle in the pool: no attempt's deadline applies
         except (TimeoutError, OSError, http.client.HTTPException) as error:
             connection.close()
@@ -107,6 +111,9 @@ class SyncTransport:
             if reused and not answer_started and nothing_came:
                 raise _StaleConnection from error
             raise errors.TransportError(f"{method} {path}: {error!r}") from error
+        except errors.LockgateError:
+            connection.close()  # an answer refused unread (too long): what is left of it is never read
+            raise
         if answer.will_close:
             connection.close()
         else:
@@ -150,8 +157,26 @@ class _DeadlineSocket(socket.socket):
         super().sendall(data, flags)
 
 
+class _Answer(http.client.HTTPResponse):
+    """http.client's answer, skipping every 1xx interim answer, not only 100 Continue.
+
+    http.client takes a 103 Early Hints (which a proxy or CDN may send) for the final answer,
+    with no body, and leaves the real one unread. RFC 9110 §15.2: a client must skip them.
+    """
+
+    def _read_status(self) -> tuple[str, int, str]:
+        for _ in range(_core.INTERIM_ANSWERS_MAX):
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if status == 100 or not 100 <= status < 200:  # begin() skips a 100 itself
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers: dropped
+        raise http.client.HTTPException(f"more than {_core.INTERIM_ANSWERS_MAX} interim (1xx) answers")
+
+
 class _Connection(http.client.HTTPConnection):
     """An http.client connection on a `_DeadlineSocket`."""
+
+    response_class = _Answer
 
     def connect(self) -> None:
         super().connect()  # bounded by self.timeout
@@ -248,6 +273,8 @@ class Client:
         self.retry = retry or RetryPolicy()
         self._transport = SyncNodes(_core.node_urls(url), api_key)
         self._rng = random.Random()
+        # The leases this client renews in the background, by lease_id: a renewal by hand tells their keeper.
+        self._renewing: dict[str, LeaseContext] = {}
 
     @property
     def requests_sent(self) -> int:
@@ -331,8 +358,28 @@ class Client:
         return released
 
     def renew(self, lease: Lease, ttl: float | None = None, *, timeouts: Timeouts | None = None) -> None:
-        """Extend a lease to `ttl` seconds from now (its own TTL by default); NotOwner if it is gone."""
-        lease.ttl = self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
+        """Extend a lease to `ttl` seconds from now (its own TTL by default); NotOwner if it is gone.
+
+        A lease this client renews in the background (`lock()`, `semaphore()`) is then renewed
+        on the new TTL's schedule, and a refusal here counts as its loss.
+        """
+        context = self._renewing.get(lease.lease_id)
+        sent_at = time.monotonic()
+        try:
+            ttl_granted = self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
+        except errors.LockgateError as error:
+            if context is not None:
+                requested = _core.renewal_ttl(lease, ttl)
+                with context.rescheduling() as keeper:
+                    if keeper is not None:
+                        keeper.renewal_by_hand_failed(error, sent_at=sent_at, ttl=requested)
+            raise
+        lease.ttl = ttl_granted
+        if context is not None:
+            now = time.monotonic()
+            with context.rescheduling() as keeper:
+                if keeper is not None:
+                    keeper.renewed_by_hand(sent_at=sent_at, ttl=ttl_granted, now=now)
 
     def rate_limit(
         self,
@@ -422,6 +469,11 @@ class LeaseContext:
         self._on_lost = on_lost
         self._timeouts = timeouts
         self._stop = threading.Event()
+        self._rescheduled = threading.Event()  # a renewal by hand changed the keeper's schedule
+        # The keeper is used by the renewal thread and by renewals by hand from the caller's
+        # threads; reentrant, for an on_lost callback that renews or releases.
+        self._keeper_lock = threading.RLock()
+        self._keeper: LeaseKeeper | None = None
         self._renewer: threading.Thread | None = None
         self.lease: Lease | None = None
 
@@ -435,9 +487,19 @@ class LeaseContext:
         if self._auto_renew:
             keeper = LeaseKeeper(self.lease, sent_at=sent_at, answered_at=time.monotonic(),
                                  timeouts=self._client.timeouts, on_lost=self._on_lost)  # fmt: skip
+            self._keeper = keeper
+            self._client._renewing[self.lease.lease_id] = self
             self._renewer = threading.Thread(target=self._keep, args=(keeper,), daemon=True, name="lockgate-renew")
             self._renewer.start()
         return self.lease
+
+    @contextlib.contextmanager
+    def rescheduling(self) -> Iterator[LeaseKeeper | None]:
+        """The keeper (None once released), under its lock, to report a renewal sent by hand;
+        the renewer then wakes to follow its new schedule."""
+        with self._keeper_lock:
+            yield self._keeper
+        self._rescheduled.set()
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -450,10 +512,15 @@ class LeaseContext:
     def release(self) -> None:
         """Stop renewing and release. A lost lease is released briefly, and never raises."""
         self._stop.set()
+        self._rescheduled.set()
         if self._renewer is not None:
             self._renewer.join()
             self._renewer = None
         lease = self.lease
+        if lease is not None and self._client._renewing.get(lease.lease_id) is self:
+            del self._client._renewing[lease.lease_id]
+        with self._keeper_lock:
+            self._keeper = None
         if lease is None or lease.released:
             return
         if not lease.lost:
@@ -467,17 +534,24 @@ class LeaseContext:
     def _keep(self, keeper: LeaseKeeper) -> None:
         """Do what the keeper says: sleep (unless stopped), renew, or stop."""
         while True:
-            step = keeper.next(time.monotonic())
+            # Cleared before `_stop` and the schedule are read: a stop or a renewal by hand after
+            # that sets it again, and the wait below ends at once.
+            self._rescheduled.clear()
+            if self._stop.is_set():
+                return
+            with self._keeper_lock:
+                step = keeper.next(time.monotonic())
             if isinstance(step, _core.Wait):
-                if self._stop.wait(step.seconds):
-                    return
+                self._rescheduled.wait(step.seconds)
             elif isinstance(step, _core.Renew):
                 try:
                     ttl = self._client.run(_core.renew_call(keeper.lease), timeouts=step.timeouts)
-                except errors.LockgateError as error:
-                    keeper.renewal_failed(error, time.monotonic())
+                except Exception as error:  # any failure is one failed attempt: the renewer must not die of it
+                    with self._keeper_lock:
+                        keeper.renewal_failed(error, time.monotonic())
                 else:
-                    keeper.renewed(ttl)
+                    with self._keeper_lock:
+                        keeper.renewed(ttl, time.monotonic())
             else:
                 return
 
