@@ -438,17 +438,9 @@ class AsyncClient:
         try:
             lease.ttl = await self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
         except errors.LockgateError as error:
-            if context is not None:
-                requested = _core.renewal_ttl(lease, ttl)
-                with context.rescheduling() as keeper:
-                    if keeper is not None:
-                        keeper.renewal_by_hand_failed(error, sent_at=sent_at, ttl=requested)
+            _core.report_renewal_by_hand(context, lease, ttl, sent_at=sent_at, now=time.monotonic(), outcome=error)
             raise
-        if context is not None:
-            now = time.monotonic()
-            with context.rescheduling() as keeper:
-                if keeper is not None:
-                    keeper.renewed_by_hand(sent_at=sent_at, ttl=lease.ttl, now=now)
+        _core.report_renewal_by_hand(context, lease, ttl, sent_at=sent_at, now=time.monotonic(), outcome=lease.ttl)
 
     async def rate_limit(
         self,

@@ -14,8 +14,9 @@ import logging
 import os
 import random
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -638,6 +639,34 @@ def release_call(lease: Lease) -> Call[bool]:
         lease.namespace,
         lease.name,
     )
+
+
+class Rescheduling(Protocol):
+    """A lease context whose background keeper a renewal sent by hand must reach."""
+
+    def rescheduling(self) -> AbstractContextManager[LeaseKeeper | None]: ...
+
+
+def report_renewal_by_hand(
+    context: Rescheduling | None,
+    lease: Lease,
+    ttl: float | None,
+    *,
+    sent_at: float,
+    now: float,
+    outcome: float | errors.LockgateError,
+) -> None:
+    """Tell a lease's keeper (if a client renews it in the background) about a renewal sent by
+    hand at `sent_at`: the TTL granted, or the error it met. Both shells call this."""
+    if context is None:
+        return
+    with context.rescheduling() as keeper:
+        if keeper is None:
+            return
+        if isinstance(outcome, errors.LockgateError):
+            keeper.renewal_by_hand_failed(outcome, sent_at=sent_at, ttl=renewal_ttl(lease, ttl))
+        else:
+            keeper.renewed_by_hand(sent_at=sent_at, ttl=outcome, now=now)
 
 
 def renewal_ttl(lease: Lease, ttl: float | None = None) -> float:

@@ -366,20 +366,11 @@ class Client:
         context = self._renewing.get(lease.lease_id)
         sent_at = time.monotonic()
         try:
-            ttl_granted = self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
+            lease.ttl = self.run(_core.renew_call(lease, ttl), timeouts=timeouts)
         except errors.LockgateError as error:
-            if context is not None:
-                requested = _core.renewal_ttl(lease, ttl)
-                with context.rescheduling() as keeper:
-                    if keeper is not None:
-                        keeper.renewal_by_hand_failed(error, sent_at=sent_at, ttl=requested)
+            _core.report_renewal_by_hand(context, lease, ttl, sent_at=sent_at, now=time.monotonic(), outcome=error)
             raise
-        lease.ttl = ttl_granted
-        if context is not None:
-            now = time.monotonic()
-            with context.rescheduling() as keeper:
-                if keeper is not None:
-                    keeper.renewed_by_hand(sent_at=sent_at, ttl=ttl_granted, now=now)
+        _core.report_renewal_by_hand(context, lease, ttl, sent_at=sent_at, now=time.monotonic(), outcome=lease.ttl)
 
     def rate_limit(
         self,
