@@ -81,9 +81,8 @@ class Forwarder:
         moves), and never decided here either. Anyone can send the header, and a gateway check
         decided on a standby falls back to its domain's failure_mode: `allow` would let a
         client that adds the header past every limit."""
-        wants_msgpack = any(name == b"accept" and MSGPACK in value for name, value in scope["headers"])
         refusal = Unavailable("this node is a standby and does not serve relayed requests; retry at the active node")
-        await send_problem(send, problems.problem_for(refusal), wants_msgpack)
+        await send_problem(send, problems.problem_for(refusal), _wants_msgpack(scope["headers"]))
 
     async def owner_url(self) -> str | None:
         """The URL of the node serving the shards, if a live one announced it (briefly cached)."""
@@ -106,7 +105,7 @@ class Forwarder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, local: LocalAnswer | None = None) -> None:
         headers = scope["headers"]
-        wants_msgpack = any(name == b"accept" and MSGPACK in value for name, value in headers)
+        wants_msgpack = _wants_msgpack(headers)
         body = b""
         try:
             body = await read_body(receive, dict(headers), self._settings.max_body_bytes)
@@ -247,6 +246,10 @@ class Forwarder:
             for _, writer in connections:
                 writer.close()
         self._idle.clear()
+
+
+def _wants_msgpack(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"accept" and MSGPACK in value for name, value in headers)
 
 
 def _replayed(body: bytes, receive: Receive) -> Receive:
