@@ -338,7 +338,14 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the pooled connections."""
+        """Release the leases this client still renews, briefly, then close the pooled
+        connections.
+
+        A renewer left running would reopen a connection and keep its lease alive for as long
+        as the loop runs. A release that fails leaves its lease to expire by its TTL.
+        """
+        for context in list(self._renewing.values()):
+            await context._release(briefly=True)
         await self._transport.close()
 
     async def run(self, call: Call[T], *, timeouts: Timeouts | None = None) -> T:
@@ -584,6 +591,11 @@ class AsyncLeaseContext:
 
     async def release(self) -> None:
         """Stop renewing and release. A lost lease is released briefly, and never raises."""
+        await self._release(briefly=False)
+
+    async def _release(self, *, briefly: bool) -> None:
+        """`briefly`: a closing client releases as a courtesy, never raising; what is not
+        released in time expires by its TTL."""
         if self._renewer is not None:
             self._renewer.cancel()
             # asyncio.wait, not `await self._renewer` under suppress(CancelledError): that would
@@ -597,10 +609,10 @@ class AsyncLeaseContext:
         self._keeper = None
         if lease is None or lease.released:
             return
-        if not lease.lost:
+        if not lease.lost and not briefly:
             await self._client.release(lease, timeouts=self._timeouts)
             return
-        # Known lost: the server may be away (that may be why), and the caller learns of the loss anyway.
+        # Known lost (the server may be away, that may be why) or the client is closing.
         timeouts = _core.release_timeouts_after_loss(self._timeouts or self._client.timeouts)
         with contextlib.suppress(errors.LockgateError):
             await self._client.release(lease, timeouts=timeouts)

@@ -288,7 +288,14 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Release the leases this client still renews, briefly, then close the pooled
+        connections.
+
+        A renewer left running would reopen a connection and keep its lease alive for as long
+        as the process lives. A release that fails leaves its lease to expire by its TTL.
+        """
+        for context in list(self._renewing.values()):
+            context._release(briefly=True)
         self._transport.close()
 
     def run(self, call: Call[T], *, timeouts: Timeouts | None = None) -> T:
@@ -502,6 +509,11 @@ class LeaseContext:
 
     def release(self) -> None:
         """Stop renewing and release. A lost lease is released briefly, and never raises."""
+        self._release(briefly=False)
+
+    def _release(self, *, briefly: bool) -> None:
+        """`briefly`: a closing client releases as a courtesy, never raising; what is not
+        released in time expires by its TTL."""
         self._stop.set()
         self._rescheduled.set()
         if self._renewer is not None:
@@ -514,10 +526,10 @@ class LeaseContext:
             self._keeper = None
         if lease is None or lease.released:
             return
-        if not lease.lost:
+        if not lease.lost and not briefly:
             self._client.release(lease, timeouts=self._timeouts)
             return
-        # Known lost: the server may be away (that may be why), and the holder learned of the loss already.
+        # Known lost (the server may be away, that may be why) or the client is closing.
         timeouts = _core.release_timeouts_after_loss(self._timeouts or self._client.timeouts)
         with contextlib.suppress(errors.LockgateError):
             self._client.release(lease, timeouts=timeouts)
