@@ -143,9 +143,10 @@ for its next call. Without it, clients that vanish or go quiet hold their places
 GRPC_CONNECTIONS_MAX for ever. Long enough that a connection busy once a minute is kept;
 enforced up to a quarter of the shorter of this and GRPC_REQUEST_TIMEOUT_MS late."""
 GRPC_REQUEST_TIMEOUT_MS: Final = 30_000
-"""From a gRPC call's HEADERS to the end of its request (END_STREAM); a slower request's stream
-is reset (CANCEL) and its place and bytes freed. Envoy sends a unary request at once; the same
-bound as HTTP_READ_TIMEOUT_MS."""
+"""From a gRPC call's HEADERS to the end of its request (END_STREAM), and for an answer held back
+by flow control, to its last frame; a stream past it is reset (CANCEL) and its place and bytes
+freed. Envoy sends a unary request at once and reads its answer; the same bound as
+HTTP_READ_TIMEOUT_MS."""
 
 # --- the HTTP/1.1 server -----------------------------------------------------------------
 HTTP_HEADER_BYTES_MAX: Final = 65_536

@@ -263,6 +263,24 @@ async def test_a_request_that_never_ends_is_reset_and_a_slow_handler_is_not(serv
     client.close()
 
 
+async def test_an_answer_the_client_never_takes_is_reset_and_frees_its_place(served: Serve) -> None:
+    server, port = await served(request_timeout_s=0.3, streams_max=1)
+    client = await FrameClient.open(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+    started = asyncio.get_running_loop().time()
+    client.call(1, RateLimitRequest(domain="x"))  # answered, but no window for its DATA
+    while not isinstance(frame := await client.frame(), RstStreamFrame):
+        assert not isinstance(frame, DataFrame), "DATA sent past a shut window"
+    assert (frame.stream_id, frame.error_code) == (1, ErrorCode.CANCEL)
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    connection = only_connection(server)
+    assert connection.streams == {} and connection.requests_timed_out == 1
+    client.send(SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 65_535}))
+    client.call(3, RateLimitRequest(domain="x"))  # the one place is free again
+    _, data, trailers = await client.answer(3)
+    assert decoded(data).overall_code == RateLimitResponse.OK and trailers == {"grpc-status": "0"}
+    client.close()
+
+
 # --- 3. header lists of open streams are request bytes ------------------------------------------
 
 

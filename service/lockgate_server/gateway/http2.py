@@ -172,7 +172,7 @@ class ConnectionLimits:
     buffered_bytes_max: int  # request bytes (header lists and bodies) held for one connection's streams
     handshake_timeout_s: float  # for the client's preface and SETTINGS
     idle_timeout_s: float = GRPC_IDLE_TIMEOUT_MS / 1000  # with no stream open: GOAWAY, then closed
-    request_timeout_s: float = GRPC_REQUEST_TIMEOUT_MS / 1000  # a stream's HEADERS to its END_STREAM
+    request_timeout_s: float = GRPC_REQUEST_TIMEOUT_MS / 1000  # a stream's HEADERS to our last frame
 
 
 class Http2ServerConnection(asyncio.Protocol):
@@ -293,7 +293,8 @@ class Http2ServerConnection(asyncio.Protocol):
 
     @property
     def requests_timed_out(self) -> int:
-        """Streams reset because their request did not arrive within the request timeout."""
+        """Streams reset because their request did not arrive, or their answer was not taken
+        (the client's window stayed shut), within the request timeout."""
         return self._timeouts.requests_timed_out
 
     def _check_timeouts(self) -> None:
@@ -318,17 +319,20 @@ class Http2ServerConnection(asyncio.Protocol):
 
     def _reset_late_requests(self) -> None:
         timeouts = self._timeouts
+        # A client that never ends its request, or never opens its window to our answer, would
+        # hold the stream (its place among streams_max, its bytes) for good.
         late = [
             stream
             for stream in self.streams.values()
-            if not stream.received and timeouts.done - stream.opened_at_check >= timeouts.request_checks
+            if (not stream.received or stream.stream_id in self._blocked)
+            and timeouts.done - stream.opened_at_check >= timeouts.request_checks
         ]
-        for stream in late:  # a client that never ends its request would hold the stream for good
+        for stream in late:
             self._reset(stream, ErrorCode.CANCEL)
         if late:
             timeouts.requests_timed_out += len(late)
             log.info(
-                "reset %d HTTP/2 streams whose request did not arrive within %.1f s",
+                "reset %d HTTP/2 streams whose request did not arrive, or whose answer was not taken, within %.1f s",
                 len(late),
                 self.limits.request_timeout_s,
             )
