@@ -51,7 +51,7 @@ class Runtime:
         else:
             log.info("store: external Redis at %s", redact_url(url))
         self.store_url = url
-        store = RedisLog(url)
+        store = RedisLog(url, commit_timeout_ms=settings.commit_timeout_ms)
         try:
             await self._wait_for_store(store, url)
             await self._check_durability(store)

@@ -23,6 +23,7 @@ import redis
 import redis.asyncio as aioredis
 
 from ..core.ops import AnyCommand
+from ..limits import COMMIT_TIMEOUT_MS
 from .resp import RespConnection, bulk, int_bulk
 
 LOG_FORMAT_VERSION: Final = 1
@@ -244,9 +245,11 @@ def _claim_keys(shard: int) -> tuple[str, str, str]:
 class RedisLog:
     """Talks to Redis over one connection for commits, so commits arrive in order."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, commit_timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
+        """`commit_timeout_ms` also bounds (re)opening the commit connection."""
         self.url = url
-        self._commits = RespConnection(url)  # one connection: commits reach Redis in order
+        # One connection: commits reach Redis in order.
+        self._commits = RespConnection(url, connect_timeout_s=commit_timeout_ms / 1000)
         # Typed loosely: redis-py's annotations cannot tell pipelines from awaitables.
         self._other: Any = aioredis.Redis.from_url(url)
         self._commit_sha: str | None = None

@@ -114,8 +114,9 @@ class _Replies(asyncio.Protocol):
 
 
 class RespConnection:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float) -> None:
         self._options: dict[str, Any] = dict(parse_url(url))
+        self._connect_timeout_s = connect_timeout_s
         self._replies: _Replies | None = None
         self._connecting: asyncio.Future[None] | None = None
 
@@ -137,6 +138,16 @@ class RespConnection:
         return replies
 
     async def _open(self) -> None:
+        """Bounded: commits wait on it before their own reply timer starts, and a store that
+        stops answering mid-handshake would hold them (and every commit after) for good."""
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await self._handshake()
+        except BaseException:
+            self.close()  # not yet authenticated or on its database: it must carry no commit
+            raise
+
+    async def _handshake(self) -> None:
         options = self._options
         loop = asyncio.get_running_loop()
         if "path" in options:  # unix://, as redis-py's own connections (claims, renewals) take it
