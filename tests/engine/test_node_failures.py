@@ -1,18 +1,23 @@
 """A bug inside the node must not leave callers waiting forever: a commit that cannot be
-built fails alone, and a loop of the node that dies marks the node broken (503 at once)."""
+built fails alone, a loop of the node (or a shard's reload) that dies marks the node broken
+(503 at once), and a queued acquire whose commits stall answers a retryable OutcomeUnknown."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from lockgate_server.core.ops import CounterAdd, CounterValue
-from lockgate_server.engine.node import PendingCommit
-from lockgate_server.errors import OutcomeUnknown, Unavailable
+from lockgate_server.core.ops import Acquire, CounterAdd, CounterValue, Granted
+from lockgate_server.engine import node
+from lockgate_server.engine.node import PendingCommit, new_lease_id
+from lockgate_server.errors import LockgateError, OutcomeUnknown, Unavailable
+from lockgate_server.storage.embedded import EmbeddedValkey
+from lockgate_server.storage.log import LogRecord, record_encoder, shard_keys
 
-from .support import eventually, execute_until_served
+from .support import admin_client, eventually, execute_until_served
 
 if TYPE_CHECKING:
     from conftest import Engines
@@ -51,3 +56,41 @@ async def test_a_dead_loop_marks_the_node_broken(engines: Engines, monkeypatch: 
     assert not engine.ready
     await asyncio.wait({queued}, timeout=10)
     assert queued.done(), "a caller of a broken node was left waiting"
+
+
+async def test_a_queued_acquire_whose_commits_stall_is_outcome_unknown(
+    engines: Engines, valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its turn's bare timer used to end it with a plain TimeoutError: an HTTP 500 that the SDK
+    does not retry, for a store that merely stalled."""
+    engine = await engines.start()
+    lock = Acquire(kind="lock", namespace="failures", name="l", lease_id=new_lease_id(), ttl_ms=60_000)
+    held, _ = await engine.execute(lock)
+    assert isinstance(held, Granted)
+    monkeypatch.setattr(node, "WAIT_GRACE_S", 0.5)  # not the default 5 s: the test stays short
+    valkey.pause()  # the queued acquire's commit can neither reach the store nor fail yet
+    queued = Acquire(kind="lock", namespace="failures", name="l", lease_id=new_lease_id(), ttl_ms=60_000, wait_ms=200)
+    with pytest.raises(OutcomeUnknown):
+        await asyncio.wait_for(engine.execute(queued), timeout=4)  # under the 5 s commit timeout
+    valkey.resume()
+
+
+async def test_a_reload_that_dies_marks_the_node_broken(engines: Engines, valkey: EmbeddedValkey) -> None:
+    """Before, the reload task ended with its error unseen: the shard stayed LOADING for good
+    and the node still reported healthy, so nothing restarted it or took the shard over."""
+    engine = await engines.start(engines.config(shard_count=1))
+    await engine.execute(ADD)
+    async with admin_client(valkey.url) as store:
+        # A record in a log format this version cannot read, as a newer node would append it.
+        keys = shard_keys(0)
+        lsn = int(await store.get(keys.lsn))
+        record = LogRecord(2, lsn + 1, lsn + 1, [(int(time.time() * 1000), ADD)])
+        await store.xadd(keys.log, {"r": record_encoder.encode(record)}, id=f"{lsn + 1}-0")
+        await store.set(keys.lsn, lsn + 1)
+    with pytest.raises(LockgateError):  # the commit is refused (the LSN moved): the shard reloads
+        await engine.execute(ADD)
+    await eventually(lambda: engine.broken is not None, timeout_s=10.0, what="the node to report itself broken")
+    assert engine.broken is not None and "reload of shard 0" in engine.broken
+    assert not engine.ready
+    with pytest.raises(Unavailable):
+        engine.submit(ADD)

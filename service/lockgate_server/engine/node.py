@@ -342,6 +342,8 @@ class Engine:
             timer = asyncio.get_running_loop().call_later(limit_s, _time_out, turn, _TURN_TIMED_OUT)
             try:
                 answer = await turn
+            except TimeoutError as late:  # commits stalled behind a store that stopped answering
+                raise OutcomeUnknown(f"{late}; retry with the same request_id") from None
             finally:
                 timer.cancel()
         except BaseException:
@@ -627,7 +629,7 @@ class Engine:
             # reloads, whose claims would fence each other's commits forever.
             self._loading.add(slot.shard)
             self.stats.reloads += 1
-            self._spawn(self._reload(slot))
+            self._spawn(self._reload(slot), f"reload of shard {slot.shard}")
 
     async def _reload(self, slot: Slot, claim: tuple[Claimed, float] | None = None) -> None:
         """Load `slot`, claimed already or claimed back if no other node took it; retry store failures."""
@@ -652,10 +654,18 @@ class Engine:
         finally:
             self._loading.discard(slot.shard)
 
-    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
-        task = asyncio.ensure_future(coroutine)
+    def _spawn(self, coroutine: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._on_background_ended)
+
+    def _on_background_ended(self, task: asyncio.Task[None]) -> None:
+        """A reload that died of an unexpected error (a bug, a log record this version cannot
+        read) would leave its shard LOADING for good while the node looked healthy: the node is
+        broken, as when one of its loops dies, so it reports unhealthy and gets restarted."""
+        if not task.cancelled() and task.exception() is not None:
+            self._on_loop_ended(task)
 
     # --- timers -----------------------------------------------------------------------------------
     async def _sweep_loop(self) -> None:
@@ -732,7 +742,7 @@ class Engine:
             for slot in waiting:
                 slot.status = SlotStatus.LOADING
                 self._loading.add(slot.shard)
-                self._spawn(self._reload(slot, claim))
+                self._spawn(self._reload(slot, claim), f"reload of shard {slot.shard}")
             await self._announce()
 
 
