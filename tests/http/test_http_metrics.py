@@ -96,6 +96,19 @@ def test_counters_and_histograms_move_with_operations(base_url: str) -> None:
     assert value(after, "lockgate_shards_owned") == 8
 
 
+def test_batch_ops_with_made_up_names_add_no_series(base_url: str) -> None:
+    """Their names were the `kind` label: any key could grow the public /metrics without bound."""
+    ops = [{"op": f"made-up-{index}.x", "namespace": "metrics"} for index in range(50)]
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        before = scrape(client)
+        results = client.post("/v1/batch", json={"ops": ops}).json()["results"]
+        assert {item["status"] for item in results} == {422}
+        after = scrape(client)
+    assert not any(("made-up" in label) for _, labels in after for _, label in labels)
+    unknown = {"kind": "batch", "op": "unknown", "outcome": "invalid-request"}
+    assert value(after, "lockgate_ops_total", **unknown) - value(before, "lockgate_ops_total", **unknown) == 50
+
+
 async def test_waiters_gauge_follows_the_line(base_url: str) -> None:
     path = LOCK.format(name="line")
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:

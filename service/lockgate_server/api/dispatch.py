@@ -35,6 +35,8 @@ MSGPACK = b"application/msgpack"
 PROBLEM_JSON = b"application/problem+json"
 
 _NAMESPACE = re.compile(limits.NAMESPACE_PATTERN)
+UNKNOWN_BATCH_OP = "batch.unknown"
+"""The metrics label of a batch op whose name is not an operation."""
 _NAME = re.compile(limits.NAME_PATTERN)
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
@@ -168,7 +170,8 @@ class Dispatcher:
                 else:
                     prepared.append((route.operation, (route, engine.submit(route.command(call, argument)))))
             except (LockgateError, msgspec.ValidationError, _Malformed) as error:
-                prepared.append((op.op, error))
+                # The op's name becomes a metrics label: one the client made up must not add a series.
+                prepared.append((op.op if op.op in BY_OPERATION else UNKNOWN_BATCH_OP, error))
         answers = _BatchAnswers(engine, prepared)
         try:
             if any(isinstance(item, tuple) and item[1].turn is not None for _, item in prepared):
