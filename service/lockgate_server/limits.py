@@ -7,11 +7,14 @@ asserts them. Settings may override some of them per deployment (see settings.py
 from typing import Final
 
 # --- names -----------------------------------------------------------------
-NAMESPACE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# Every pattern ends in `$(?!\n)`: Python's `$` (re.match, and msgspec's checks) also matches
+# before a final newline, so "x\n" passed as a name of its own; `(?!\n)` refuses it, and reads
+# the same in the ECMA regex that OpenAPI clients apply.
+NAMESPACE_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$(?!\n)"
 """Namespaces: lower-case, digits, '_' and '-', at most 64 characters."""
 
 NAME_MAX_LENGTH: Final = 256
-NAME_PATTERN: Final = r"^[A-Za-z0-9_.:@=+,~-]{1,256}$"
+NAME_PATTERN: Final = r"^[A-Za-z0-9_.:@=+,~-]{1,256}$(?!\n)"
 """Object names: no '/' (it separates namespace and name inside a shard) and no spaces."""
 
 REQUEST_ID_MAX_LENGTH: Final = 128

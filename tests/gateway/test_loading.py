@@ -153,6 +153,20 @@ def test_an_empty_domain_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        'domain: "d\\n"\ndescriptors: [{key: a}]\n',
+        'domain: d\ndescriptors: [{key: "a\\n"}]\n',
+        'domain: d\ndescriptors: [{key: a, value: "b\\n"}]\n',
+    ],
+)
+def test_a_final_newline_in_a_domain_key_or_value_is_refused(text: str) -> None:
+    """Python's `$` matches before a final newline: such names and entries used to load."""
+    with pytest.raises(PolicyError, match=r"must match|Expected `str` matching"):
+        parse_policies(text.encode(), source="policy.yaml")
+
+
+@pytest.mark.parametrize(
     ("descriptors", "message"),
     [
         ("- key: a\n  ratelimit: {unit: second}", "unknown field `ratelimit`"),

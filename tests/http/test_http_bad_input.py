@@ -68,8 +68,24 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
 
 JSON = {"Content-Type": "application/json"}
 LONG_NAME = "n" * 257
-BAD_NAMES = ["a b", "a*b", "caf\u00e9", "a;b", "a%00b", "a\\b", "a'b", 'a"b', "<x>", "a|b", "a$b", "a\tb", LONG_NAME]
-BAD_NAMESPACES = ["Bad", "-bad", "_bad", "b" * 65, "b.d", "b d", "b\u00e9"]
+# "keeper\n": Python's `$` matches before a final newline, so it passed as a name of its own.
+BAD_NAMES = [
+    "a b",
+    "a*b",
+    "caf\u00e9",
+    "a;b",
+    "a%00b",
+    "a\\b",
+    "a'b",
+    'a"b',
+    "<x>",
+    "a|b",
+    "a$b",
+    "a\tb",
+    LONG_NAME,
+    "keeper\n",
+]
+BAD_NAMESPACES = ["Bad", "-bad", "_bad", "b" * 65, "b.d", "b d", "b\u00e9", "bad\n"]
 
 # (id, method, path, request keyword arguments, status, problem slug)
 CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
@@ -180,6 +196,19 @@ def test_bad_namespace_is_422(client: httpx.Client, keeper: dict[str, Any], name
     quoted = quote(namespace, safe="")
     response = client.post(f"/v1/namespaces/{quoted}/locks/keeper/acquire", json={"ttl_ms": 60_000})
     assert_problem(response, 422, "invalid-request")
+    assert_unchanged(before, state(client))
+
+
+def test_a_batch_op_or_fence_check_naming_a_final_newline_is_422(client: httpx.Client, keeper: dict[str, Any]) -> None:
+    before = state(client)
+    op = {"op": "counters.set", "namespace": "bad", "name": "keeper\n", "args": {"value": 42}}
+    (item,) = client.post("/v1/batch", json={"ops": [op]}).json()["results"]
+    assert item["status"] == 422 and item["problem"]["type"] == PROBLEMS + "invalid-request", item
+    op = {"op": "counters.set", "namespace": "bad\n", "name": "keeper", "args": {"value": 42}}
+    (item,) = client.post("/v1/batch", json={"ops": [op]}).json()["results"]
+    assert item["status"] == 422, item
+    fence = {"kind": "lock", "name": "keeper\n", "token": 1}
+    assert_problem(client.post(f"{NS}/fence/check", json=fence), 422, "invalid-request")
     assert_unchanged(before, state(client))
 
 

@@ -52,7 +52,7 @@ FailureMode = Literal["allow", "deny"]
 Wildcards = Literal["suffix", "anywhere"]
 Source = Literal["client_ip", "api_key", "path", "method", "host", "header", "value"]
 
-_NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+_NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$(?!\n)"  # see limits.NAME_PATTERN on (?!\n)
 """State keys join entries with control characters, so entries may not contain any."""
 
 DomainName = Annotated[str, Meta(pattern=limits.NAME_PATTERN, max_length=limits.NAME_MAX_LENGTH)]
