@@ -35,9 +35,9 @@ MSGPACK = b"application/msgpack"
 PROBLEM_JSON = b"application/problem+json"
 
 _NAMESPACE = re.compile(limits.NAMESPACE_PATTERN)
+_NAME = re.compile(limits.NAME_PATTERN)
 UNKNOWN_BATCH_OP = "batch.unknown"
 """The metrics label of a batch op whose name is not an operation."""
-_NAME = re.compile(limits.NAME_PATTERN)
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 
