@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -413,14 +414,25 @@ class LockMachine(RuleBasedStateMachine):
         self.send_again(data.draw(st.sampled_from(self.queued_requests), label="request_id"))
 
     def send_again(self, request_id: str) -> None:
-        """The first answer if it is remembered; a forgotten request runs again as a new one."""
+        """The first answer if it is remembered and still true (a grant or renewal with the
+        time its lease has left); a forgotten request, or one whose lease has ended since,
+        runs again as a new one."""
         cmd = self.requests[request_id]
         lease_id = getattr(cmd, "lease_id", "")
-        if request_id in self.remembered:
+        first = self.remembered.get(request_id)
+        if isinstance(first, Granted | Renewed):
+            lock = self.locks.get(self.lease_names[first.lease_id])
+            lease = lock.lease if lock is not None else None
+            if lease is not None and lease.lease_id == first.lease_id and lease.expires_at_ms > self.now():
+                first = msgspec.structs.replace(first, ttl_ms=lease.expires_at_ms - self.now())
+            else:
+                del self.remembered[request_id]
+                first = None
+        if first is not None:
             before = self.core.snapshot()
             applied = self.core.apply(cmd, self.clock_ms)
             assert not applied.logged and applied.notices == []
-            assert applied.result == self.remembered[request_id]
+            assert applied.result == first
             assert self.core.snapshot() == before
             return
         was_given_back = lease_id in self.given_back

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -395,14 +396,23 @@ class SemaphoreMachine(RuleBasedStateMachine):
     def repeat(self, data: st.DataObject) -> None:
         request_id = data.draw(st.sampled_from(sorted(self.requests)), label="request_id")
         cmd = self.requests[request_id]
-        if request_id in self.remembered:
+        first = self.remembered.get(request_id)
+        if isinstance(first, Granted | Renewed):  # still true only while its lease stands
+            sem = self.sems.get(self.lease_names[first.lease_id])
+            lease = sem.leases.get(first.lease_id) if sem is not None else None
+            if lease is not None and lease.expires_at_ms > self.now():
+                first = msgspec.structs.replace(first, ttl_ms=lease.expires_at_ms - self.now())
+            else:
+                del self.remembered[request_id]
+                first = None
+        if first is not None:
             before = self.core.snapshot()
             applied = self.core.apply(cmd, self.clock_ms)
             assert not applied.logged and applied.notices == []
-            assert applied.result == self.remembered[request_id]
+            assert applied.result == first
             assert self.core.snapshot() == before
         else:
-            self.run(cmd)  # forgotten (timed out, cancelled or given back): runs again as a new request
+            self.run(cmd)  # forgotten (timed out, cancelled, given back, its lease ended): a new request
 
     # --- invariants -------------------------------------------------------------------------------
     @invariant()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import redis.asyncio as redis
 
-from lockgate_server.core.ops import Command, CounterGet, Result
+from lockgate_server.core.ops import Command, CounterGet, Granted, Result
 from lockgate_server.core.shard_state import ShardState
 from lockgate_server.engine.node import Engine
 from lockgate_server.engine.routing import shard_for
@@ -108,6 +108,17 @@ async def replay_from_store(url: str, shard: int) -> ShardState:
         assert state.lsn == record.last_lsn
     assert state.lsn == history.lsn
     return state
+
+
+def is_the_same_grant(repeat: object, first: Granted) -> bool:
+    """A repeated acquire's answer: the first grant's lease and token. Its ttl_ms is the time the
+    lease has left then (tests/core/test_repeat_after_lease_ended.py), which a restart's
+    Recover may have extended past the first answer's."""
+    return (
+        isinstance(repeat, Granted)
+        and (repeat.lease_id, repeat.token, repeat.permits) == (first.lease_id, first.token, first.permits)
+        and repeat.ttl_ms > 0
+    )
 
 
 async def execute_until_served(engine: Engine, cmd: Command, *, timeout_s: float = 15.0) -> Result:

@@ -17,6 +17,8 @@ from lockgate_server.core.ops import (
 )
 from lockgate_server.engine.node import new_lease_id
 
+from .support import is_the_same_grant
+
 if TYPE_CHECKING:
     from conftest import Engines
 
@@ -31,7 +33,7 @@ async def test_a_repeated_acquire_gets_the_original_grant(engines: Engines) -> N
     first, _ = await engine.execute(acquire)
     assert isinstance(first, Granted)
     second, _ = await engine.execute(acquire)
-    assert second == first  # same lease, same token
+    assert is_the_same_grant(second, first)  # same lease, same token
     # The repeat created no second lease: anyone else is refused.
     other = Acquire(kind="lock", namespace=NAMESPACE, name="once", lease_id=new_lease_id(), ttl_ms=60_000)
     refused, _ = await engine.execute(other)
@@ -42,13 +44,14 @@ async def test_a_repeated_acquire_gets_the_original_grant(engines: Engines) -> N
         kind="lock", namespace=NAMESPACE, name="burst", lease_id=new_lease_id(), ttl_ms=60_000, request_id="req-2"
     )
     answers = await asyncio.gather(*(engine.execute(burst) for _ in range(5)))
-    assert isinstance(answers[0][0], Granted)
-    assert all(result == answers[0][0] for result, _ in answers)
+    grant = answers[0][0]
+    assert isinstance(grant, Granted)
+    assert all(is_the_same_grant(result, grant) for result, _ in answers)
 
     await engines.stop(engine)
     restarted = await engines.start()
-    assert (await restarted.execute(acquire))[0] == first
-    assert (await restarted.execute(burst))[0] == answers[0][0]
+    assert is_the_same_grant((await restarted.execute(acquire))[0], first)
+    assert is_the_same_grant((await restarted.execute(burst))[0], grant)
     info, _ = await restarted.execute(Inspect(kind="lock", namespace=NAMESPACE, name="once"))
     assert isinstance(info, LeaseInfo) and info.held and info.token == first.token
 

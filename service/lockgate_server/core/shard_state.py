@@ -45,6 +45,7 @@ from .ops import (
     Release,
     Released,
     Renew,
+    Renewed,
     Result,
     is_read,
 )
@@ -161,8 +162,11 @@ class ShardState:
             assert type(cmd) in _REMEMBERED, f"{type(cmd).__name__} takes no request_id"
             memory_key = _memory_key_of(cast(ObjectCommand, cmd), request_id)
             remembered = self.remembered.get(memory_key)
-            if remembered is not None:
-                return Applied(remembered.result, [], False, self.lsn)
+            if remembered is not None and remembered.expires_at_ms > now_ms:
+                answer = self._still_true(remembered.result, cast(ObjectCommand, cmd), now_ms)
+                if answer is not None:
+                    return Applied(answer, [], False, self.lsn)
+                # Its lease has ended since: the repeat is a new request (and is logged).
         previous_now_ms, self.last_now_ms = self.last_now_ms, now_ms
         self.lsn += 1
         op_lsn = self.lsn
@@ -175,6 +179,19 @@ class ShardState:
         for notice in ctx.notices:
             self._remember_notice(notice)
         return Applied(result, ctx.notices, True, op_lsn)
+
+    def _still_true(self, result: AnyResult, cmd: ObjectCommand, now_ms: int) -> AnyResult | None:
+        """A first answer as it stands now, for a repeat of its request; None once a grant or
+        renewal it reported has ended (expired or force-released): a client retrying after a
+        lost answer must not be told it holds a lease that another may hold by now. Reads
+        state only, so a replay decides the same."""
+        if not isinstance(result, Granted | Renewed):
+            return result
+        pool = self._pools(cast(Acquire | Renew, cmd).kind).get(object_key(cmd.namespace, cmd.name))
+        lease = pool.leases.get(result.lease_id) if pool is not None else None
+        if lease is None or lease.expires_at_ms <= now_ms:
+            return None
+        return msgspec.structs.replace(result, ttl_ms=lease.expires_at_ms - now_ms)
 
     # --- reads ---------------------------------------------------------------------------
     # Both dispatch on the command's type through a table (see the end of the module): a
