@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lockgate_server.core.ops import Acquire, CounterAdd, CounterValue, Granted
+from lockgate_server.core.ops import Acquire, CounterAdd, CounterGet, CounterValue, Granted
 from lockgate_server.engine import node
 from lockgate_server.engine.node import PendingCommit, new_lease_id
 from lockgate_server.errors import LockgateError, OutcomeUnknown, Unavailable
@@ -94,3 +94,40 @@ async def test_a_reload_that_dies_marks_the_node_broken(engines: Engines, valkey
     assert not engine.ready
     with pytest.raises(Unavailable):
         engine.submit(ADD)
+
+
+async def test_a_node_that_breaks_with_a_commit_in_flight_answers_outcome_unknown(
+    engines: Engines, valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit already sent may land after the node broke: its callers must hear "outcome
+    unknown", not "unavailable" (which says nothing happened). A commit never sent did not
+    happen, and says so."""
+    config = engines.config(shard_count=1, commits_in_flight=1)
+    engine = await engines.start(config)
+    await engine.execute(ADD)
+    breaking = False
+    now = engine._now
+
+    def clock() -> int:
+        if breaking:
+            raise RuntimeError("a bug in the sweeper's path")
+        return now()
+
+    monkeypatch.setattr(engine, "_now", clock)
+    valkey.pause()
+    try:
+        sent = asyncio.ensure_future(engine.execute(ADD))
+        await eventually(lambda: engine.pending_ops() == 1 and not engine._pending.op_count, what="a commit in flight")
+        unsent = asyncio.ensure_future(engine.execute(ADD))  # waits behind it: one commit in flight at most
+        await eventually(lambda: engine._pending.op_count == 1, what="a second commit waiting to be sent")
+        breaking = True
+        await eventually(lambda: engine.broken is not None, timeout_s=10.0, what="the node to report itself broken")
+        with pytest.raises(OutcomeUnknown):
+            await asyncio.wait_for(sent, timeout=5)
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(unsent, timeout=5)
+    finally:
+        valkey.resume()
+    survivor = await engines.start(config)
+    # The first add was in flight and landed: "unavailable" would have told its caller otherwise.
+    assert await execute_until_served(survivor, CounterGet(namespace="failures", name="c")) == CounterValue(value=2)

@@ -223,12 +223,17 @@ class Engine:
         self.broken = f"{task.get_name()} ended: {error!r}"
         log.critical("%s; this node stops serving", self.broken, exc_info=error)
         self.begin_shutdown()
-        failure = Unavailable(f"the node failed ({self.broken}); retry on a healthy node")
-        for pending, *_ in self._in_flight:
-            _fail_gate(pending.gate, failure)
-        _fail_gate(self._pending.gate, failure)
+        self._fail_commits(f"the node failed ({self.broken})")
         for slot in self._slots.values():
             slot.status = SlotStatus.STANDBY  # never claimed again: the node is stopping
+
+    def _fail_commits(self, why: str) -> None:
+        """A commit already sent may still land (its callers retry with their request_id to
+        learn which); one never sent did not happen."""
+        sent = OutcomeUnknown(f"{why} before the store confirmed the write; retry with the same request_id")
+        for pending, *_ in self._in_flight:
+            _fail_gate(pending.gate, sent)
+        _fail_gate(self._pending.gate, Unavailable(f"{why}; retry on a healthy node"))
 
     def begin_shutdown(self) -> None:
         """Refuse new ops and answer every queued acquire with a retryable 503 now."""
@@ -250,11 +255,8 @@ class Engine:
             task.cancel()
         # Whatever never reached the store now fails, so no caller (or reload) waits forever.
         self._store.reset_commits()
-        stopped = Unavailable("the node stopped before the store confirmed the write")
-        for pending, *_ in self._in_flight:
-            _fail_gate(pending.gate, stopped)
+        self._fail_commits("the node stopped")
         self._in_flight.clear()
-        _fail_gate(self._pending.gate, stopped)
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(*STORE_ERRORS):
             await self._store.release(
