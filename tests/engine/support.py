@@ -96,7 +96,9 @@ async def replay_from_store(url: str, shard: int) -> ShardState:
     store = RedisLog(url)
     await store.connect()
     try:
-        history = await store.read_history(shard, 0)
+        async with admin_client(url) as client:
+            epoch = (await shard_epochs(client, shard + 1))[shard]
+        history = await store.read_history(shard, epoch)
     finally:
         await store.close()
     state = ShardState.restore(history.snapshot) if history.snapshot else ShardState(shard)

@@ -8,6 +8,7 @@ claims it back, after the new owner stops renewing it.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -30,7 +31,16 @@ from lockgate_server.core.ops import (
 from lockgate_server.engine.node import PendingCommit, SlotStatus, new_lease_id
 from lockgate_server.errors import OutcomeUnknown, RetryableError, Unavailable
 from lockgate_server.storage.embedded import EmbeddedValkey
-from lockgate_server.storage.log import Claimed, ShardHistory
+from lockgate_server.storage.log import (
+    COMMIT_SCRIPT,
+    LOG_FORMAT_VERSION,
+    Claimed,
+    LogRecord,
+    RedisLog,
+    ShardHistory,
+    record_encoder,
+    shard_keys,
+)
 
 from .support import admin_client, eventually, execute_until_served, one_name_per_shard, shard_epochs
 
@@ -232,3 +242,48 @@ async def test_a_reload_interrupted_after_its_take_keeps_the_shard(
     assert await execute_until_served(engine, CounterGet(namespace=NAMESPACE, name="c")) == CounterValue(value=1)
     assert engine.slot_statuses()[shard] is SlotStatus.READY
     assert store.claim == claim and store.read_history == read_history, "the fault was never injected"
+
+
+async def test_a_reload_that_another_owner_writes_into_stands_by(
+    engines: Engines, valkey: EmbeddedValkey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that loses a claim race reads a shard's history while the winner writes it.
+
+    What it read mixes two owners' writes (here the log runs past the LSN it read first):
+    it must stand by for the winner, not replay that and report itself broken.
+    """
+    engine = await engines.start(engines.config(shard_count=1))
+    add = CounterAdd(namespace=NAMESPACE, name="c", delta=1)
+    await engine.execute(add)
+    xrange = engine._store._other.xrange  # type: ignore[attr-defined]
+
+    async def another_node_claims_and_writes(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(engine._store._other, "xrange", xrange)  # type: ignore[attr-defined]
+        winner = RedisLog(valkey.url)
+        try:
+            claimed = await winner.claim([0], "the-winner", 60_000, "force")
+            keys = shard_keys(0)
+            async with admin_client(valkey.url) as store:
+                lsn = int(await store.get(keys.lsn))
+                record = LogRecord(LOG_FORMAT_VERSION, lsn + 1, lsn + 1, [(int(time.time() * 1000), add)])
+                assert not await store.eval(
+                    COMMIT_SCRIPT, 3, keys.epoch, keys.lsn, keys.log,
+                    claimed.epochs[0], lsn, lsn + 1, record_encoder.encode(record),
+                )  # fmt: skip
+        finally:
+            await winner.close()
+        return await xrange(*args, **kwargs)
+
+    monkeypatch.setattr(engine._store._other, "xrange", another_node_claims_and_writes)  # type: ignore[attr-defined]
+    seal = engine._seal
+
+    def fail_once(pending: PendingCommit) -> object:  # any failed commit makes the shard reload
+        monkeypatch.setattr(engine, "_seal", seal)
+        raise RuntimeError("a commit that could not be written")
+
+    monkeypatch.setattr(engine, "_seal", fail_once)
+    with pytest.raises(OutcomeUnknown):
+        await engine.execute(add)
+    await eventually(lambda: engine.slot_statuses()[0] is SlotStatus.STANDBY, what="the shard to stand by")
+    assert engine._store._other.xrange == xrange, "the fault was never injected"  # type: ignore[attr-defined]
+    assert engine.broken is None

@@ -55,6 +55,7 @@ from ..storage.log import (
     Claimed,
     ClaimMode,
     FenceRefused,
+    HistoryMoved,
     LogRecord,
     RedisLog,
     ShardAppend,
@@ -648,8 +649,8 @@ class Engine:
                     await _cancellable(self._load(slot, *claim))
                     log.info("shard %d loaded at LSN %d", slot.shard, slot.state.lsn)
                     return
-                except (*STORE_ERRORS, LockgateError) as error:
-                    claim = None
+                except (*STORE_ERRORS, LockgateError, HistoryMoved) as error:
+                    claim = None  # claiming it again tells whether another node has it now
                     log.warning("shard %d reload failed (%r); retrying", slot.shard, error)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RELOAD_BACKOFF_MAX_S)

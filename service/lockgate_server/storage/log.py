@@ -164,6 +164,11 @@ def check_commit(reply: Any, appends: list[ShardAppend]) -> None:
         raise FenceRefused(reason.decode(), shards, found.decode())
 
 
+class HistoryMoved(Exception):
+    """Another node claimed a shard while this one read its history: what was read may mix
+    two owners' writes and must not be replayed."""
+
+
 class FenceRefused(Exception):
     """The store refused a commit: another owner took the shard, or its log moved on."""
 
@@ -336,8 +341,8 @@ class RedisLog:
     async def read_history(self, shard: int, epoch: int) -> ShardHistory:
         keys = shard_keys(shard)
         async with self._other.pipeline(transaction=False) as pipe:
-            pipe.get(keys.lsn).hmget(keys.snap, "lsn", "data").get(keys.alive)
-            lsn_raw, (snap_lsn_raw, snapshot), alive_raw = await pipe.execute()
+            pipe.get(keys.epoch).get(keys.lsn).hmget(keys.snap, "lsn", "data").get(keys.alive)
+            epoch_raw, lsn_raw, (snap_lsn_raw, snapshot), alive_raw = await pipe.execute()
         snapshot_lsn = int(snap_lsn_raw or 0)
         records: list[LogRecord] = []
         start = f"{snapshot_lsn + 1}-0"
@@ -348,6 +353,10 @@ class RedisLog:
             if len(page) < RECOVERY_PAGE_RECORDS:
                 break
             start = "(" + page[-1][0].decode()
+        # Only the owner of `epoch` writes the shard while it stays at `epoch`: these reads in
+        # several steps are one consistent view if no other node claimed it in between.
+        if int(epoch_raw or 0) != epoch or int(await self._other.get(keys.epoch) or 0) != epoch:
+            raise HistoryMoved(f"shard {shard} was claimed by another node while its history was read")
         return ShardHistory(
             epoch=epoch,
             lsn=int(lsn_raw or 0),
