@@ -15,6 +15,7 @@ import pytest
 
 from lockgate_server.core.ops import (
     Acquire,
+    Command,
     CounterAdd,
     CounterGet,
     CounterValue,
@@ -28,7 +29,7 @@ from lockgate_server.core.ops import (
     Renew,
     Renewed,
 )
-from lockgate_server.engine.node import PendingCommit, SlotStatus, new_lease_id
+from lockgate_server.engine.node import Engine, PendingCommit, SlotStatus, new_lease_id
 from lockgate_server.errors import OutcomeUnknown, RetryableError, Unavailable
 from lockgate_server.storage.embedded import EmbeddedValkey
 from lockgate_server.storage.log import (
@@ -229,15 +230,7 @@ async def test_a_reload_interrupted_after_its_take_keeps_the_shard(
         monkeypatch.setattr(store, "claim", claim_then_lose_the_reply)
     else:
         monkeypatch.setattr(store, "read_history", fail_after_the_take)
-    seal = engine._seal
-
-    def fail_once(pending: PendingCommit) -> object:  # any failed commit makes the shard reload
-        monkeypatch.setattr(engine, "_seal", seal)
-        raise RuntimeError("a commit that could not be written")
-
-    monkeypatch.setattr(engine, "_seal", fail_once)
-    with pytest.raises(OutcomeUnknown):
-        await engine.execute(add)
+    await reload_after_a_failed_commit(engine, add, monkeypatch)
 
     assert await execute_until_served(engine, CounterGet(namespace=NAMESPACE, name="c")) == CounterValue(value=1)
     assert engine.slot_statuses()[shard] is SlotStatus.READY
@@ -275,15 +268,20 @@ async def test_a_reload_that_another_owner_writes_into_stands_by(
         return await xrange(*args, **kwargs)
 
     monkeypatch.setattr(engine._store._other, "xrange", another_node_claims_and_writes)  # type: ignore[attr-defined]
+    await reload_after_a_failed_commit(engine, add, monkeypatch)
+    await eventually(lambda: engine.slot_statuses()[0] is SlotStatus.STANDBY, what="the shard to stand by")
+    assert engine._store._other.xrange == xrange, "the fault was never injected"  # type: ignore[attr-defined]
+    assert engine.broken is None
+
+
+async def reload_after_a_failed_commit(engine: Engine, cmd: Command, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `cmd`'s commit fail (as any failed commit would), so its shard reloads."""
     seal = engine._seal
 
-    def fail_once(pending: PendingCommit) -> object:  # any failed commit makes the shard reload
+    def fail_once(pending: PendingCommit) -> object:
         monkeypatch.setattr(engine, "_seal", seal)
         raise RuntimeError("a commit that could not be written")
 
     monkeypatch.setattr(engine, "_seal", fail_once)
     with pytest.raises(OutcomeUnknown):
-        await engine.execute(add)
-    await eventually(lambda: engine.slot_statuses()[0] is SlotStatus.STANDBY, what="the shard to stand by")
-    assert engine._store._other.xrange == xrange, "the fault was never injected"  # type: ignore[attr-defined]
-    assert engine.broken is None
+        await engine.execute(cmd)
