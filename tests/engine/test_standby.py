@@ -13,7 +13,7 @@ from lockgate_server.core.ops import Acquire, CounterAdd, CounterGet, CounterVal
 from lockgate_server.engine.node import Engine, SlotStatus, new_lease_id
 from lockgate_server.errors import Unavailable
 from lockgate_server.storage.embedded import EmbeddedValkey
-from lockgate_server.storage.log import shard_keys
+from lockgate_server.storage.log import RedisLog, ShardHistory, shard_keys
 
 from .support import admin_client, eventually, execute_until_served, shard_epochs
 
@@ -94,3 +94,37 @@ async def test_the_standby_takes_over_from_an_owner_cut_off_from_the_store(
     assert set(owner.slot_statuses().values()) == {SlotStatus.STANDBY}
     assert standby.ready
     assert (await standby.execute(ADD))[0] == CounterValue(value=2)
+
+
+async def test_an_owner_whose_shards_load_longer_than_its_lease_keeps_them(
+    valkey: EmbeddedValkey, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading every shard of a large store can take longer than the ownership lease. Before,
+    nothing renewed the claim meanwhile: a standby took the shards from the loading owner (and
+    each could fence the other in turn), and a single node reloaded every shard once more."""
+    config = engines.config(owner_lease_ms=LEASE_MS, standby_poll_ms=POLL_MS)
+    first = await engines.start(config)
+    await first.execute(ADD)
+    await engines.stop(first)
+    replaying = asyncio.Lock()  # replay is CPU work: shards load one after another
+    read_history = RedisLog.read_history
+
+    async def slow_read(self: RedisLog, shard: int, epoch: int) -> ShardHistory:
+        async with replaying:
+            await asyncio.sleep(LEASE_MS / 1000 / config.shard_count * 2)  # all shards: twice the lease
+            return await read_history(self, shard, epoch)
+
+    monkeypatch.setattr(RedisLog, "read_history", slow_read)
+
+    async def standby_later() -> Engine:
+        await asyncio.sleep(LEASE_MS / 1000 / 4)
+        return await engines.start(config)
+
+    owner, standby = await asyncio.gather(engines.start(config), standby_later())
+    async with admin_client(valkey.url) as admin:
+        epochs = await shard_epochs(admin, config.shard_count)
+        await asyncio.sleep(2 * LEASE_MS / 1000)
+        assert await shard_epochs(admin, config.shard_count) == epochs, "a shard changed hands"
+    assert owner.ready and owner.stats.reloads == 0
+    assert standby.standing_by
+    assert (await owner.execute(CounterGet(namespace=NAMESPACE, name="c")))[0] == CounterValue(value=1)

@@ -160,6 +160,7 @@ class Engine:
         await self._store.connect()
         self._run_loop(self._commit_loop(), "lockgate-committer")
         self._run_loop(self._reply_loop(), "lockgate-replies")
+        self._run_loop(self._renew_loop(), "lockgate-ownership")  # loading every shard may outlast a lease
         slots = list(self._slots.values())
         mode: ClaimMode = "force" if self.config.take_over else "free"
         poll_s = self.config.standby_poll_ms / 1000
@@ -181,7 +182,6 @@ class Engine:
         finally:
             self._loading.clear()
         self._run_loop(self._sweep_loop(), "lockgate-sweeper")
-        self._run_loop(self._renew_loop(), "lockgate-ownership")
         self._run_loop(self._standby_loop(), "lockgate-standby")
 
     async def owner_url(self) -> str | None:
@@ -615,7 +615,8 @@ class Engine:
         slot.entries_since_snapshot = sum(len(record.entries) for record in history.records)
         slot.last_snapshot_ms = self._now()
         lease_s = claimed.wait_ms / 1000 + self.config.owner_lease_ms / 1000
-        slot.owned_until = taken_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
+        # Renewals while it loaded may have extended the claim beyond what it first granted.
+        slot.owned_until = max(slot.owned_until, taken_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY))
         self._last_now_ms = max(self._last_now_ms, state.last_now_ms)
         generation = slot.generation
         self._sequence(slot, Recover(last_alive_ms=history.last_alive_ms))
@@ -699,7 +700,7 @@ class Engine:
         lease_s = self.config.owner_lease_ms / 1000
         while True:
             await asyncio.sleep(lease_s / 3)
-            held = [slot for slot in self._slots.values() if slot.status is SlotStatus.READY]
+            held = [slot for slot in self._slots.values() if slot.status is not SlotStatus.STANDBY]
             if not held:
                 continue
             sent_at = time.monotonic()
@@ -715,14 +716,16 @@ class Engine:
                 log.warning("ownership renewal failed: %r", error)
                 continue
             for slot in held:
-                if slot.shard in lost:
+                if slot.shard not in lost:
+                    slot.owned_until = sent_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
+                elif slot.status is SlotStatus.READY:
                     # Taken by another node, or our lease ran out while the store was away:
                     # a reload tells which (it takes the shard back only if nobody else did).
                     self._drop_speculation(slot, Unavailable("ownership of the shard is being re-established"))
                     self._begin_reload(slot)
-                elif slot.status is SlotStatus.READY:
-                    slot.owned_until = sent_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY)
-            await self._announce()
+                # A loading shard not (or no longer) ours: its load's own claim and fence decide.
+            if any(slot.status is SlotStatus.READY for slot in held):
+                await self._announce()  # not before we serve: standbys would relay to a node still loading
 
     async def _standby_loop(self) -> None:
         """Take over the shards of a node that stopped renewing them: all at once, so no two
