@@ -11,10 +11,20 @@ class Clock(Protocol):
 
 
 class WallClock:
-    """Wall time, so a shard taken over by another node continues on the same time line."""
+    """Wall time read once, then advanced by the monotonic clock.
+
+    Wall time, so a shard taken over by another node continues on about the same time line.
+    Read once, so a step of the system clock while we serve (NTP, a resumed VM) neither
+    ends leases early, which would grant a lock to a second holder, nor holds them past
+    their TTL.
+    """
+
+    def __init__(self) -> None:
+        self._wall_at_start_ns = time.time_ns()
+        self._monotonic_at_start_ns = time.monotonic_ns()
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return (self._wall_at_start_ns + time.monotonic_ns() - self._monotonic_at_start_ns) // 1_000_000
 
 
 class ManualClock:

@@ -163,3 +163,43 @@ async def test_expiry_hands_the_lock_to_the_head_waiter(engine: Engine) -> None:
     assert not await finished_within({waiters[1]}, 5)
     nxt, _ = waiters[1].result()  # type: ignore[misc]
     assert isinstance(nxt, Granted) and nxt.token > head.token
+
+
+def step_the_system_clock(monkeypatch: pytest.MonkeyPatch, by_ms: int) -> None:
+    """As NTP or a resumed VM would: every later read of wall time is off by `by_ms`."""
+    time_ns = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: time_ns() + by_ms * 1_000_000)
+
+
+async def test_a_clock_stepped_forward_does_not_end_a_lease_early(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lease time is elapsed time: a wall clock stepped by a minute while a 30 s lease is held
+    used to hand the lock to a second client at once, while the first one still held it."""
+    engine = await engines.start()
+    held, _ = await engine.execute(acquire("stepped", ttl_ms=30_000))
+    assert isinstance(held, Granted)
+    step_the_system_clock(monkeypatch, 60_000)
+    second, _ = await engine.execute(acquire("stepped"))
+    assert isinstance(second, Failure)
+    info = await inspect(engine, "stepped")
+    assert info.held and info.token == held.token and 25_000 < info.remaining_ms <= 30_000
+
+
+async def test_a_node_restarted_with_its_clock_behind_lets_leases_expire(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, time stood still until the clock caught up with the stamps in the log: a 1 s
+    lease was held 20 s past its TTL (and windows, waits and idempotency memory froze too)."""
+    engine = await engines.start()
+    held, _ = await engine.execute(acquire("behind", ttl_ms=1_000))
+    assert isinstance(held, Granted)
+    await engines.stop(engine)
+    step_the_system_clock(monkeypatch, -20_000)
+    restarted = await engines.start()
+    assert (await inspect(restarted, "behind")).held  # an outage never shortens a lease
+    await eventually(lambda: _not_held(restarted, "behind"), timeout_s=5.0, what="the 1 s lease to expire")
+
+
+async def _not_held(engine: Engine, name: str) -> bool:
+    return not (await inspect(engine, name)).held

@@ -130,6 +130,7 @@ class Engine:
         self._store = store
         self._clock = clock or WallClock()
         self._last_now_ms = 0
+        self._ahead_ms = 0  # how far the time line runs ahead of our clock, to continue the log's stamps
         owned = self.config.owned if self.config.owned is not None else range(self.config.shard_count)
         self._object_tally: dict[str, int] = {}  # objects per namespace over every slot below
         self._statuses: collections.Counter[SlotStatus] = collections.Counter()
@@ -374,7 +375,7 @@ class Engine:
             raise OutcomeUnknown("the shard reloaded from the store; retry with the same request_id")
 
     def _now(self) -> int:
-        now = self._clock.now_ms()
+        now = self._clock.now_ms() + self._ahead_ms
         if now > self._last_now_ms:
             self._last_now_ms = now
         return self._last_now_ms
@@ -617,6 +618,10 @@ class Engine:
         lease_s = claimed.wait_ms / 1000 + self.config.owner_lease_ms / 1000
         # Renewals while it loaded may have extended the claim beyond what it first granted.
         slot.owned_until = max(slot.owned_until, taken_at + lease_s * (1 - limits.OWNER_LEASE_SAFETY))
+        # Stamps ahead of our clock (the previous owner's clock ran ahead, or ours was set back
+        # across a restart): time goes on from them. Standing still until our clock caught up
+        # held every lease, wait and window that much longer.
+        self._ahead_ms = max(self._ahead_ms, state.last_now_ms - self._clock.now_ms())
         self._last_now_ms = max(self._last_now_ms, state.last_now_ms)
         generation = slot.generation
         self._sequence(slot, Recover(last_alive_ms=history.last_alive_ms))
