@@ -75,6 +75,7 @@ items encode in 0.18 ms, while forking a node that holds 1.2 million objects pau
 
 # --- ownership --------------------------------------------------------------
 SHARDS_DEFAULT: Final = 64
+SHARDS_MAX: Final = 4096
 OWNER_LEASE_MS: Final = 3_000
 """A node's lease on its shards; renewed every third of it. A node takes shards over from
 another only once that node's lease has run out."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError, ResponseError
 
+from . import limits
 from .engine.node import Engine, EngineConfig
 from .settings import ENV_PREFIX, Settings, redact_url
 from .storage.embedded import EmbeddedValkey
@@ -55,6 +56,7 @@ class Runtime:
         try:
             await self._wait_for_store(store, url)
             await self._check_durability(store)
+            await self._check_shard_count(store)
             config = EngineConfig(
                 shard_count=settings.shards,
                 commit_ops_max=settings.commit_ops_max,
@@ -110,6 +112,16 @@ class Runtime:
             refusal = self._risky_durability(config)
         if refusal is not None:
             raise refusal from None
+
+    async def _check_shard_count(self, store: RedisLog) -> None:
+        """Every object's shard depends on the count: with another, a node would find held
+        locks free, counters at zero and fencing tokens going backwards."""
+        laid_out = await store.shard_count_of_data(self.settings.shards, limits.SHARDS_MAX)
+        if laid_out != self.settings.shards:
+            raise self._refuse(
+                f"the store's data is laid out in {laid_out} shards, but {ENV_PREFIX}SHARDS is "
+                f"{self.settings.shards}: set it to {laid_out} (the shard count is fixed for the life of the data)"
+            )
 
     def _risky_durability(self, config: dict[str, str]) -> StoreRefused | None:
         appendonly, fsync = config.get("appendonly", "?"), config.get("appendfsync", "?")

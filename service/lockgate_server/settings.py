@@ -51,8 +51,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """External Redis 7+/Valkey: redis://10.0.0.5:6379/0, rediss:// (TLS) or unix:///socket. Unset: embedded Valkey."""
     data_dir: str = "./data"
     """Folder of the embedded Valkey's append-only file."""
-    shards: Annotated[int, msgspec.Meta(ge=1, le=4096)] = limits.SHARDS_DEFAULT
-    """Number of shards; fixed for the life of the data (changing it re-homes every object)."""
+    shards: Annotated[int, msgspec.Meta(ge=1, le=limits.SHARDS_MAX)] = limits.SHARDS_DEFAULT
+    """Number of shards; fixed for the life of the data (changing it re-homes every object, so a node
+    refuses to start on data laid out in another count)."""
     require_fsync_always: bool = False
     """Refuse to start on a store that can lose acknowledged writes: AOF off, appendfsync other
     than 'always', or maxmemory with an evicting policy (otherwise: a loud warning)."""

@@ -105,3 +105,23 @@ def test_a_store_that_never_answers_ends_the_start_with_a_clear_error(tmp_path: 
     with pytest.raises(RuntimeError, match="exited") as refused:
         ServerProcess(tmp_path / "node", env=env).start()
     assert "did not answer within 500 ms" in str(refused.value)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "data-from-before-the-record"])
+def test_another_shard_count_on_existing_data_ends_the_start(
+    tmp_path: Path, store: EmbeddedValkey, recorded: bool
+) -> None:
+    """With another count every object moves to another shard: the node served held locks as
+    free, counters as zero, and fencing tokens that went backwards."""
+    first = start(tmp_path, store).start()
+    first.stop()
+    if not recorded:  # data written before the count was recorded is told by its shards' keys
+        with redis.Redis.from_url(store.url) as admin:
+            assert admin.delete("{lg}:shards") == 1
+    for shards in (first.shards - 1, first.shards + 3):
+        server = ServerProcess(tmp_path / f"node-{shards}", env={"LOCKGATE_REDIS_URL": store.url}, shards=shards)
+        with pytest.raises(RuntimeError, match="exited") as refused:
+            server.start()
+        message = f"laid out in {first.shards} shards, but LOCKGATE_SHARDS is {shards}"
+        assert message in str(refused.value)
+    start(tmp_path, store).start().stop()  # the count the data was written with is welcome

@@ -8,6 +8,7 @@ Per shard, every key shares the hash tag `{lg:N}` so a shard lives in one Cluste
   {lg:N}:alive  the owner's last heartbeat (ms); a new owner starts the outage there
   {lg:N}:owner  the owning node's id, expiring (PX) unless renewed: the ownership lease
   {lg:N}:taker  the id of the node that claimed the latest epoch (never expires)
+and once, {lg}:shards: the number of shards the data is laid out in.
 """
 
 from __future__ import annotations
@@ -218,6 +219,10 @@ class ShardKeys(NamedTuple):
     taker: str
 
 
+SHARD_COUNT_KEY: Final = "{lg}:shards"
+"""How many shards the data is laid out in: an object's shard depends on it."""
+
+
 @functools.cache  # every commit names each shard's keys: build them once per shard
 def shard_keys(shard: int) -> ShardKeys:
     tag = f"{{lg:{shard}}}"
@@ -274,6 +279,21 @@ class RedisLog:
             config = await self._other.config_get(pattern)
             settings.update({str(key): str(value) for key, value in config.items()})
         return settings
+
+    async def shard_count_of_data(self, shard_count: int, most: int) -> int:
+        """How many shards the store's data is laid out in; a store holding none is laid out
+        for `shard_count` from now on. Data from before the count was recorded is told by its
+        epoch keys: every node claims every shard as it starts (`most`: the highest count)."""
+        recorded = await self._other.get(SHARD_COUNT_KEY)
+        if recorded is None:
+            async with self._other.pipeline(transaction=False) as pipe:
+                for shard in range(most + 1):
+                    pipe.exists(shard_keys(shard).epoch)
+                claimed = await pipe.execute()
+            laid_out = claimed.index(0) if 0 in claimed else len(claimed)
+            await self._other.set(SHARD_COUNT_KEY, laid_out or shard_count, nx=True)
+            recorded = await self._other.get(SHARD_COUNT_KEY)
+        return int(recorded)
 
     async def ping(self) -> bool:
         return bool(await self._other.ping())
