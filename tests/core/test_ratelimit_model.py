@@ -6,17 +6,20 @@ max(tat, now) + cost*e - now <= tolerance, and only an allowed request moves the
 Fixed window: a count per window index. Sliding window: the weighted two-window count in
 rationals, plus properties (a denial charges nothing, no fixed window ever admits more
 than the limit). For all three, retry_after_ms is the exact wait: after it the same
-request is allowed, one millisecond earlier it is not. A peek (cost 0) is a read.
+request is allowed, one millisecond earlier it is not. A peek (cost 0) is a read that tells
+whether (or when) a request of cost 1 would be allowed.
 Keys full again are dropped by an Expire once the whole wheel bucket (BUCKET_MS) of the
 moment they became full lies at or before until_ms, never earlier.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,6 +90,11 @@ def apply_expire(core: ShardState, now_ms: int, reset_at_ms: int | None) -> bool
     return dropped
 
 
+def as_peek(left: RateDecision, next_one: RateDecision) -> RateDecision:
+    """A peek says what is left now, and whether (or when) a request of cost 1 is allowed."""
+    return msgspec.structs.replace(left, allowed=next_one.allowed, retry_after_ms=next_one.retry_after_ms)
+
+
 def assert_peek_is_a_read(core: ShardState, cmd: RateCheck, now_ms: int) -> RateDecision:
     before = core.snapshot()
     applied = core.apply(cmd, now_ms)
@@ -147,7 +155,7 @@ def test_gcra_matches_rational_model(data: st.DataObject, limit: int, period_ms:
         now += advance_ms
         if kind == "peek":
             decision = assert_peek_is_a_read(core, check_cmd("gcra", limit, period_ms, burst, 0), now)
-            assert decision == model.decide(now, 0)[0]
+            assert decision == as_peek(model.decide(now, 0)[0], model.decide(now, 1)[0])
         elif kind == "expire":
             reset_at = math.ceil(model.tat) if model.tat is not None else None
             if apply_expire(core, now, reset_at):
@@ -208,7 +216,7 @@ def test_fixed_window_matches_count_model(data: st.DataObject, limit: int, perio
         now += advance_ms
         if kind == "peek":
             decision = assert_peek_is_a_read(core, check_cmd("fixed_window", limit, period_ms, None, 0), now)
-            assert decision == model.decide(now, 0)
+            assert decision == as_peek(model.decide(now, 0), copy.deepcopy(model).decide(now, 1))
         elif kind == "expire":
             if apply_expire(core, now, model.reset_at_ms()):
                 model.counts.clear()
@@ -251,7 +259,7 @@ def test_sliding_window_properties(data: st.DataObject, limit: int, period_ms: i
         weighted = Fraction(admitted.get(window - 1, 0) * (period_ms - elapsed), period_ms) + admitted.get(window, 0)
         if kind == "peek":
             decision = assert_peek_is_a_read(core, check_cmd("sliding_window", limit, period_ms, None, 0), now)
-            assert decision.allowed == (weighted <= limit)
+            assert decision.allowed == (weighted + 1 <= limit)
             continue
         cmd = check_cmd("sliding_window", limit, period_ms, None, cost)
         before = core.rates.get(KEY)

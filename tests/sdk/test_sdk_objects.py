@@ -191,6 +191,7 @@ def test_sync_rate_limit_allows_then_denies(base_url: str, namespace: str, algor
         assert denied.limit == 3
         peek = lg.rate_limit("user:7", limit=3, per=60, cost=0, algorithm=algorithm)
         assert peek.remaining == 0  # cost=0 peeks: nothing left, nothing charged
+        assert not peek and 0 < peek.retry_after <= 2 * 60  # and the next request would be denied
         assert not lg.rate_limit("user:7", limit=3, per=60, algorithm=algorithm)
         lg.reset_rate_limit("user:7")
         again = lg.rate_limit("user:7", limit=3, per=60, algorithm=algorithm)

@@ -8,7 +8,7 @@ A rejected request is never charged.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
 
@@ -94,6 +94,15 @@ def check(state: RateState | None, cmd: RateSpec, now_ms: int) -> tuple[RateStat
     if cmd.algorithm == "fixed_window":
         return _fixed(window, cmd, now_ms)
     return _sliding(window, cmd, now_ms)
+
+
+def peek(state: RateState | None, cmd: RateSpec, now_ms: int) -> RateDecision:
+    """What a check would answer now, charging nothing: whether a request of cost 1 would be
+    allowed (and if not, when it would be), with what is left now. A cost of 0 alone always
+    fits, so it cannot tell an exhausted key from a full one."""
+    left = check(state, cmd, now_ms)[1]
+    next_one = check(state, msgspec.structs.replace(cast(Any, cmd), cost=1), now_ms)[1]
+    return msgspec.structs.replace(left, allowed=next_one.allowed, retry_after_ms=next_one.retry_after_ms)
 
 
 def reset_at_ms(state: RateState) -> int:

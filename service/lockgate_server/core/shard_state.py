@@ -212,7 +212,7 @@ class ShardState:
     def _peek_rate(self, cmd: RateCheck, now_ms: int) -> Result | None:
         if cmd.cost:
             return None
-        return ratelimit.check(self.rates.get(object_key(cmd.namespace, cmd.name)), cmd, now_ms)[1]
+        return ratelimit.peek(self.rates.get(object_key(cmd.namespace, cmd.name)), cmd, now_ms)
 
     def _peek_all(self, cmd: RateCheckAll, now_ms: int) -> Result | None:
         return self._check_all(cmd, now_ms, charge=False) if is_read(cmd) else None
