@@ -116,6 +116,8 @@ def _acquire_lock(call: Call, body: schemas.LockAcquire) -> ops.Command:
 
 
 def _acquire_semaphore(call: Call, body: schemas.SemaphoreAcquire) -> ops.Command:
+    if body.permits > body.limit:
+        raise InvalidRequest(f"permits ({body.permits}) must be at most limit ({body.limit})")
     return ops.Acquire(
         kind="semaphore",
         namespace=call.namespace,
@@ -189,6 +191,8 @@ def _counter_get(call: Call, _: None) -> ops.Command:
 
 
 def _counter_add(call: Call, body: schemas.CounterAdd) -> ops.Command:
+    if body.min is not None and body.max is not None and body.min > body.max:
+        raise InvalidRequest(f"min ({body.min}) must be at most max ({body.max})")
     return ops.CounterAdd(
         namespace=call.namespace,
         name=call.name,
@@ -224,6 +228,11 @@ def _decision(result: ops.Result, lsn: int) -> schemas.RateDecision:
 
 def _rate_check(call: Call, body: schemas.RateCheck) -> ops.Command:
     _refuse_long_bursts(body)
+    most = body.burst if body.algorithm == "gcra" and body.burst is not None else body.limit
+    if body.cost > most:
+        # It would be denied for good, each time with a retry_after_ms that is never enough.
+        bound = "limit" if most == body.limit else "burst"
+        raise InvalidRequest(f"cost ({body.cost}) must be at most {bound} ({most})")
     return ops.RateCheck(
         namespace=call.namespace,
         name=call.name,
