@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,25 @@ def test_a_store_that_does_not_answer_ends_the_start_without_a_traceback(tmp_pat
     result = run_server(tmp_path)  # its store: a port nobody listens on, waited for 0 ms
     assert result.returncode != 0, result.stderr
     assert "did not answer within 0 ms" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("variable", ["PORT", "GRPC_PORT"])
+def test_a_port_in_use_ends_the_start_in_one_line(tmp_path: Path, variable: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = refused(
+            tmp_path, f"{ENV_PREFIX}{variable}", **{f"{ENV_PREFIX}HOST": "127.0.0.1", f"{ENV_PREFIX}{variable}": port}
+        )
+    assert f"127.0.0.1:{port}" in line and "in use" in line
+
+
+def test_a_data_folder_that_cannot_be_made_ends_the_start_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_server(
+        tmp_path, **{f"{ENV_PREFIX}DATA_DIR": str(tmp_path / "a-file" / "data"), f"{ENV_PREFIX}REDIS_URL": ""}
+    )
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "cannot start the embedded Valkey" in result.stderr and "a-file" in result.stderr, result.stderr

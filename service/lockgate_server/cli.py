@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 
 from .settings import ENV_PREFIX, SettingsError, describe_settings, load_settings
 
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as error:
         # A mistake in the operator's settings, not in the code: one line, no traceback.
         raise SystemExit(f"lockgate-server: {error}") from None
+    for variable, port in ((f"{ENV_PREFIX}PORT", settings.port), (f"{ENV_PREFIX}GRPC_PORT", settings.grpc_port)):
+        # Checked before the store starts and the shards are claimed, which a port found taken
+        # only when the server binds would leave behind a long traceback.
+        problem = _cannot_listen(settings.host, port) if port else None
+        if problem is not None:
+            raise SystemExit(f"lockgate-server: {variable}: cannot listen on {settings.host}:{port}: {problem}")
     # The engine forks to write snapshots and the child never touches gRPC: gRPC's fork
     # handlers have nothing to protect, and would only log (or stall) on every snapshot.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -48,7 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings)
     try:
         uvloop.run(
-            serve(app, settings.host, settings.port, body_bytes_max=settings.max_body_bytes, problem_base=PROBLEM_BASE)
+            serve(
+                app,
+                settings.host,
+                settings.port,
+                body_bytes_max=settings.max_body_bytes,
+                problem_base=PROBLEM_BASE,
+                before_stop=app.runtime.begin_shutdown,
+            )
         )
     except RuntimeError:
         if app.runtime.refusal is None:
@@ -56,6 +70,19 @@ def main(argv: list[str] | None = None) -> None:
         # The store was refused at start and the reason is logged in one line: the traceback of
         # the failed lifespan around it would only bury that line.
         raise SystemExit(1) from None
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            probe.bind(address)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 if __name__ == "__main__":

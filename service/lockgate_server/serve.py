@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from . import limits
@@ -69,13 +70,23 @@ class Lifespan:
             waiter.set_result(None)
 
 
-async def serve(app: App, host: str, port: int, *, body_bytes_max: int, problem_base: str = "about:blank") -> None:
-    """Start the app, serve until SIGINT or SIGTERM, then stop gracefully."""
+async def serve(
+    app: App,
+    host: str,
+    port: int,
+    *,
+    body_bytes_max: int,
+    problem_base: str = "about:blank",
+    before_stop: Callable[[], None] | None = None,
+) -> None:
+    """Start the app, serve until SIGINT or SIGTERM, then stop gracefully.
+
+    before_stop runs first: what the app must end at once so that the requests still open
+    can end (SIGINT from a terminal's Ctrl-C and SIGTERM alike).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        # The app may take SIGTERM over once started (the engine answers its waiters first,
-        # then raises SIGINT), so both end here.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     lifespan = Lifespan(app)
@@ -85,6 +96,8 @@ async def serve(app: App, host: str, port: int, *, body_bytes_max: int, problem_
         await server.start(host, port, backlog=limits.HTTP_BACKLOG)
         log.info("serving HTTP on %s:%d", host, server.port)
         await stop.wait()
+        if before_stop is not None:
+            before_stop()
         log.info("stopping: answering the requests in flight")
     finally:
         await server.stop(limits.HTTP_STOP_GRACE_S)

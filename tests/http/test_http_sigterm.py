@@ -152,8 +152,11 @@ async def test_sigterm_with_requests_in_flight(start_server: Any, tmp_path: Path
                 assert status["token"] >= worker.last_token, (index, status, worker)
 
 
-async def test_sigterm_with_a_blocking_acquire_in_flight(start_server: Any, tmp_path: Path) -> None:
-    """A waiter in a long blocking acquire must not hold the shutdown up for its whole wait_ms."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_sigterm_with_a_blocking_acquire_in_flight(start_server: Any, tmp_path: Path, signum: int) -> None:
+    """A waiter in a long blocking acquire must not hold the shutdown up for its whole wait_ms.
+
+    Ctrl-C in a terminal sends SIGINT to the whole group: it drains the same way."""
     server = start_server(tmp_path / "data")
     path = LOCK.format(index="blocked")
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
@@ -166,7 +169,7 @@ async def test_sigterm_with_a_blocking_acquire_in_flight(start_server: Any, tmp_
             await asyncio.sleep(0.01)
 
         signalled = time.monotonic()
-        server.signal_group(signal.SIGTERM)
+        server.signal_group(signum)
         exit_s = await _wait_gone(server, signalled)
         members: list[int] = []
         if exit_s > EXIT_WITHIN_S:
@@ -175,7 +178,7 @@ async def test_sigterm_with_a_blocking_acquire_in_flight(start_server: Any, tmp_
         response, error = await asyncio.wait_for(waiter, timeout=40)
         outcome = f"{response.status_code} {response.text}" if response is not None else repr(error)
         assert exit_s <= EXIT_WITHIN_S, (
-            f"SIGTERM with POST {path}/acquire {{ttl_ms: 60000, wait_ms: 30000}} waiting: the node was still "
-            f"running {exit_s:.1f} s later (members {members}); the waiter got {outcome}"
+            f"{signal.Signals(signum).name} with POST {path}/acquire {{ttl_ms: 60000, wait_ms: 30000}} waiting: "
+            f"the node was still running {exit_s:.1f} s later (members {members}); the waiter got {outcome}"
         )
         assert error is not None or response.status_code == 503, outcome
