@@ -152,6 +152,8 @@ class LockgateApp:
             lifespan=[lifespan],
             openapi_config=None,
             exception_handlers={HTTPException: problem},
+            # Its default config would replace the CLI's: LOCKGATE_LOG_LEVEL and the format.
+            logging_config=None,
         )
 
 
