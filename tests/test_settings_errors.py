@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lockgate_server.settings import ENV_PREFIX, SettingsError, load_settings
+from lockgate_server.settings import ENV_PREFIX, SettingsError, describe_settings, load_settings
 from lockgate_server.storage.embedded import free_port
 
 CLI_TIMEOUT_S = 30.0
@@ -165,3 +165,28 @@ def test_a_data_folder_that_cannot_be_made_ends_the_start_in_one_line(tmp_path: 
     assert result.returncode != 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "cannot start the embedded Valkey" in result.stderr and "a-file" in result.stderr, result.stderr
+
+
+def test_the_help_shows_the_defaults_of_list_settings() -> None:
+    lines = {line.split()[0]: line for line in describe_settings().splitlines() if line.startswith(f"  {ENV_PREFIX}")}
+    assert "(required)" not in describe_settings()
+    assert lines[f"{ENV_PREFIX}API_KEYS"].endswith("default []")
+    assert lines[f"{ENV_PREFIX}POLICY_FILES"].endswith("default []")
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [
+        ("http://fd00::7:8420", "http://[fd00::7]:8420"),  # the Helm chart's http://$(POD_IP):8420 on IPv6
+        ("http://[fd00::7]:8420", "http://[fd00::7]:8420"),
+        ("http://10.0.0.7:8420/lockgate", "http://10.0.0.7:8420/lockgate"),
+    ],
+)
+def test_an_advertised_ipv6_address_is_put_in_brackets(given: str, taken: str) -> None:
+    assert load_settings(environ={f"{ENV_PREFIX}ADVERTISE_URL": given}).advertise_url == taken
+
+
+@pytest.mark.parametrize("url", ["10.0.0.7:8420", "http://node:http", "http://"])
+def test_an_advertise_url_others_cannot_reach_is_refused(url: str) -> None:
+    with pytest.raises(SettingsError, match=f"{ENV_PREFIX}ADVERTISE_URL"):
+        load_settings(environ={f"{ENV_PREFIX}ADVERTISE_URL": url})

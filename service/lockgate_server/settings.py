@@ -6,6 +6,7 @@ of each field is what `lockgate-server --help` prints.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import re
@@ -13,6 +14,7 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from redis.asyncio.connection import parse_url
@@ -182,7 +184,32 @@ def _checked(value: Any, field: msgspec.structs.FieldInfo, source: str, *, raw: 
         raise SettingsError(f"{source}: {_explain(error)}, got {shown}{hint}") from None
     if field.name == "redis_url" and value is not None:
         _check_redis_url(value, source)
+    if field.name == "advertise_url" and value is not None:
+        return _advertised(value, source)
     return value
+
+
+def _advertised(url: str, source: str) -> str:
+    """An HTTP URL other nodes can parse. The Helm chart's http://$(POD_IP):8420 cannot put an
+    IPv6 pod IP in brackets, so a bare IPv6 address before the port gets them here."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{source}: expected an http:// or https:// URL, got {_shown(url)}")
+    try:
+        parts.port  # noqa: B018 -- parsing it is the check
+    except ValueError:
+        host, _, port = parts.netloc.rpartition(":")
+        if not (port.isdigit() and _is_ipv6(host)):
+            raise SettingsError(f"{source}: expected HOST:PORT after the scheme, got {_shown(url)}") from None
+        return urlunsplit(parts._replace(netloc=f"[{host}]:{port}"))
+    return url
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def _check_redis_url(url: str, source: str) -> None:
@@ -225,7 +252,12 @@ def describe_settings() -> str:
     lines = [f"Settings (environment variables; or keys of the TOML file in {ENV_PREFIX}CONFIG):", ""]
     docs = _field_docs()
     for field in msgspec.structs.fields(Settings):
-        default = field.default if field.default is not msgspec.NODEFAULT else "(required)"
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        else:
+            default = "(required)"
         lines.append(f"  {ENV_PREFIX}{field.name.upper():<28} default {default!r}")
         if field.name in docs:
             lines.append(f"      {docs[field.name]}")
