@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]' -e ./sdk
 	touch $(STAMP)
 
+# The service alone, for `make run`: none of the test tools (mypy, grpcio-tools, ...).
+RUN_STAMP := $(VENV)/.installed-run
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 # The benchmarks' own tools (limits, locust, matplotlib) stay out of the test setup.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
@@ -20,7 +28,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 ## run: the service on 127.0.0.1:8420 with an embedded Valkey (data in ./data)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/lockgate-server
 
 ## test: lint, type-check, then the whole default suite (real Valkey, no network)
