@@ -15,8 +15,9 @@
 3. loadtests/results/report.json (git-ignored), then REPORT.md and the plots (report_render.py).
 
 Every process runs on 127.0.0.1 and is stopped at the end, also on error or SIGTERM. Exits 1
-if a benchmark failed to run or a correctness check saw a violation (missed targets do not fail
-the run; the report says which). Client and server share the machine.
+if a benchmark failed to run or a Locust run did not pass (a violation, or checks that could not
+mean anything: see loadtests/scenarios/locustfile.py); missed targets do not fail the run, the
+report says which. Client and server share the machine. Not run here: `make bench-failover`.
 
     python -m loadtests.report [--quick] [--only engine,http,...] [--render-only]
 """
@@ -84,6 +85,10 @@ GATEWAY_USER_RATE = 20.0  # checks/s per Locust user in the gateway mix
 LOCUST_PROCESSES = 2
 """Locust worker processes for the gateway mix: one process tops out near 4,000 checks/s here."""
 P99_THRESHOLD_MS = 20.0
+PEER_MAX_FAILED_SHARE = 1.0
+"""The limits peer's failed requests do not fail its step: past its capacity it fails requests (6% at
+8,000 offered checks/s in the last full run), which is what the step measures and the table shows;
+its answered checks are still checked. Lockgate's steps keep the locustfile's bound."""
 
 
 # --- the earlier benchmarks, as processes -------------------------------------------------------
@@ -245,6 +250,7 @@ def gateway_mix(urls: dict[str, str], folder: Path, args: argparse.Namespace) ->
             outcome = run_locust(
                 "GatewayUser", urls[target], users=users, seconds=args.gateway_seconds, folder=folder,
                 namespace=f"gw-{target}-{index}", user_rate=GATEWAY_USER_RATE, processes=LOCUST_PROCESSES,
+                max_failed_share=PEER_MAX_FAILED_SHARE if target == "limits" else None,
             )  # fmt: skip
             total = outcome["stats"].get("Aggregated", {})
             row = {
@@ -259,6 +265,7 @@ def gateway_mix(urls: dict[str, str], folder: Path, args: argparse.Namespace) ->
                 "requests": total.get("requests"),
                 "failures": total.get("failures"),
                 "exit_code": outcome["exit_code"],
+                "passed": outcome["passed"],
                 "violations": outcome["verdict"].get("violations"),
                 "verdict": outcome["verdict"],
             }
@@ -267,7 +274,8 @@ def gateway_mix(urls: dict[str, str], folder: Path, args: argparse.Namespace) ->
             steps.append(row)
             print(
                 f"  gateway mix {target:<8} offered {offered:>6,}/s  achieved {row['achieved_per_s'] or 0:>8,.0f}/s  "
-                f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  violations {row['violations']}",
+                f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  violations {row['violations']}"
+                + ("" if row["passed"] else "  FAILED"),
                 flush=True,
             )
     return {"user_rate": GATEWAY_USER_RATE, "locust_processes": LOCUST_PROCESSES,
@@ -275,7 +283,10 @@ def gateway_mix(urls: dict[str, str], folder: Path, args: argparse.Namespace) ->
 
 
 def crossing(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first offered load where limits' p99 passes 20 ms, and Lockgate's p99 at that load."""
+    """The first offered load where limits' p99 passes 20 ms, and Lockgate's p99 at that load.
+
+    Met only if both runs at that load passed: a run whose requests failed fast has a low p99 too.
+    """
     by_load: dict[float, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
     for row in steps:
         by_load[row["offered_per_s"]][row["target"]] = row
@@ -286,7 +297,10 @@ def crossing(steps: list[dict[str, Any]]) -> dict[str, Any]:
                 "crossing_offered_per_s": offered,
                 "limits_p99_at_crossing_ms": limits_row["p99_ms"],
                 "lockgate_p99_at_crossing_ms": ours["p99_ms"],
-                "met": ours["p99_ms"] is not None and ours["p99_ms"] <= P99_THRESHOLD_MS,
+                "met": ours["p99_ms"] is not None
+                and ours["p99_ms"] <= P99_THRESHOLD_MS
+                and ours.get("passed", True)
+                and limits_row.get("passed", True),
             }
     return {"crossing_offered_per_s": None, "met": None}
 
@@ -301,7 +315,7 @@ def scenarios(url: str, folder: Path, args: argparse.Namespace) -> dict[str, Any
         print(
             f"  {user_class:<20} {users:>4} users {total.get('requests_per_s', 0):>8,.0f} req/s  "
             f"p99 {total.get('p99_ms')} ms  violations {outcome['verdict'].get('violations')}  "
-            f"exit {outcome['exit_code']}",
+            f"exit {outcome['exit_code']}" + ("" if outcome["passed"] else "  FAILED"),
             flush=True,
         )
     return results

@@ -27,6 +27,12 @@ PLOTS = {
 }
 LOCKGATE, PEER, PEER2 = "#1f5fa8", "#c0792b", "#8c8c8c"
 THRESHOLD_MS = 20.0
+BUSY_PCT = 95
+"""% of one core from which a process counts as busy (the same bar shard_findings uses)."""
+SAME_WITHIN = 0.10
+"""Figures within 10% of each other are "the same" in the prose: run-to-run noise here is 15-35%."""
+_LATE_GRANTS = "grants read after their lease could have expired"
+"""The locustfile's figure for grants it could not check (older verdicts have no "grants checked")."""
 
 Row = dict[str, Any]
 
@@ -275,23 +281,28 @@ def headline_rows(document: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _passed(outcome: dict[str, Any]) -> bool:
+    """As loadtests/scenarios/run.py judges a Locust run: exit 0, and a merged verdict that is ok."""
+    verdict = outcome.get("verdict") or {}
+    return outcome.get("exit_code") == 0 and bool(verdict.get("ok")) and not verdict.get("violations")
+
+
 def correctness(document: dict[str, Any]) -> dict[str, Any]:
-    """Every Locust run of this report: violations, and what was checked."""
+    """Every Locust run of this report: violations, what was checked, and which runs did not pass."""
     runs: list[tuple[str, dict[str, Any], int | None]] = []
-    for row in (document.get("gateway_mix") or {}).get("steps", []):
-        runs.append(
-            (
-                f"gateway mix vs {row['target']} at {row['offered_per_s']}/s",
-                row.get("verdict") or {},
-                row.get("exit_code"),
-            )
-        )
-    for name, outcome in (document.get("scenarios") or {}).items():
+    failed: list[str] = []
+    outcomes = [
+        (f"gateway mix vs {row['target']} at {row['offered_per_s']}/s", row)
+        for row in (document.get("gateway_mix") or {}).get("steps", [])
+    ]
+    outcomes += list((document.get("scenarios") or {}).items())
+    for name, outcome in outcomes:
         runs.append((name, outcome.get("verdict") or {}, outcome.get("exit_code")))
+        if not _passed(outcome):
+            failed.append(name)
     if not runs:
-        return {"figure": "not run", "met": None, "runs": [], "violations": 0, "details": []}
+        return {"figure": "not run", "met": None, "runs": [], "violations": 0, "details": [], "failed": []}
     violations = sum(verdict.get("violations", 0) for _, verdict, _ in runs)
-    incomplete = [name for name, verdict, code in runs if not verdict or code is None]
     details = [
         {"run": name, **detail}
         for name, verdict, _ in runs
@@ -302,7 +313,9 @@ def correctness(document: dict[str, Any]) -> dict[str, Any]:
     scenarios = document.get("scenarios") or {}
     jobs = _scenario_summary(scenarios.get("JobWorker"))
     if jobs:
-        parts.append(f"{_n(jobs['figures'].get('grants'))} lock grants checked")
+        figures = jobs.get("figures", {})
+        checked = figures.get("grants checked", figures.get("grants", 0) - figures.get(_LATE_GRANTS, 0))
+        parts.append(f"{_n(checked)} lock grants checked")
     pool = _scenario_summary(scenarios.get("SemaphoreContender"))
     if pool:
         parts.append(f"most live permit holders {pool.get('most_live_holders_seen')} of {pool.get('permits')}")
@@ -311,14 +324,15 @@ def correctness(document: dict[str, Any]) -> dict[str, Any]:
         parts.append(
             f"counters {_n(counters.get('final_sum'))} = {_n(counters.get('acknowledged_adds'))} acknowledged adds"
         )
-    if incomplete:
-        parts.append(f"incomplete: {', '.join(incomplete)}")
+    if failed:
+        parts.append(f"did not pass: {', '.join(failed)}")
     return {
         "figure": "; ".join(parts),
-        "met": violations == 0 and not incomplete,
+        "met": violations == 0 and not failed,
         "runs": runs,
         "violations": violations,
         "details": details,
+        "failed": failed,
     }
 
 
@@ -709,14 +723,14 @@ def shard_findings(document: dict[str, Any]) -> list[str]:
     for shards in sorted({row["shards"] for row in rows}):
         mine = sorted((row for row in rows if row["shards"] == shards), key=lambda row: row["connections"])
         peak = max(mine, key=lambda row: row["ops_per_s"])
-        busy = next((row for row in mine if (row.get("server_cpu_pct") or 0) >= 95), None)
+        busy = next((row for row in mine if (row.get("server_cpu_pct") or 0) >= BUSY_PCT), None)
         machine = sum(peak.get(key) or 0 for key in ("server_cpu_pct", "store_cpu_pct", "client_cpu_pct"))
         worker = (
             f"the server worker is at {_n(busy.get('server_cpu_pct'))}% of a core from {busy['connections']} clients "
             f"on ({_n(busy['ops_per_s'])} checks/s, {_n((busy.get('commit') or {}).get('ops_per_commit'), 1)} ops per "
             "commit); "
             if busy
-            else "the server worker never reached 95% of a core; "
+            else f"the server worker never reached {BUSY_PCT}% of a core; "
         )
         findings.append(
             f"- {shards} shard{'s' if shards != 1 else ''}: {worker}peak {_n(peak['ops_per_s'])} checks/s at "
@@ -816,7 +830,10 @@ def render(document: dict[str, Any], folder: Path) -> dict[str, Any]:
         "docstring in loadtests/; `make bench` runs them as they are (`--quick` passes through) and reads their "
         "JSON.",
         "- `make bench-locust`: the four Locust scenarios (loadtests/scenarios/locustfile.py), 100 users (200 "
-        "semaphore contenders), 30 s each, headless, against a fresh server; exits 1 on any violation.",
+        "semaphore contenders), 30 s each, headless, against a fresh server; exits 1 on any violation, and on "
+        "a run whose checks could not mean much (a task exception, more failed requests than the locustfile's "
+        "MAX_FAILED_SHARE, a server not ready at the end, or nothing to check, such as no denial or no lock "
+        "granted twice).",
         "- Percentiles: wrk's latency histogram (HTTP benches, sweeps), Locust's (rounded to 2 significant "
         "digits above 100 ms), our own sorted samples (Python drivers).",
         "",
@@ -856,8 +873,7 @@ def _gateway_section(document: dict[str, Any], drawn: list[str]) -> list[str]:
     lines = [
         "## Locust gateway mix: Lockgate against `limits` as the load grows",
         "",
-        "Rate-limit checks over 100,000 keys drawn Zipf-like (exponent 1) at 600 per minute per key, plus 4 hot "
-        "keys taking 5% of the checks at 50 per 5 s (fixed windows on both sides), from Locust users that each "
+        f"{_gateway_workload(mix)} (fixed windows on both sides), from Locust users that each "
         f"send {_n(mix.get('user_rate'))} checks/s on average (Poisson arrivals, so the offered load does not "
         f"wait for slow answers), in {mix.get('locust_processes', 1)} Locust process"
         f"{'es' if mix.get('locust_processes', 1) != 1 else ''}; "
@@ -897,6 +913,26 @@ def _gateway_section(document: dict[str, Any], drawn: list[str]) -> list[str]:
         lines.append("limits' p99 did not pass 20 ms at any step of this run, so the target could not be evaluated.")
     lines.append("")
     return lines
+
+
+def _gateway_workload(mix: dict[str, Any]) -> str:
+    """The mix as the locustfile reported it in its verdict (so the prose follows the code that ran)."""
+    workload = next(
+        (
+            found
+            for row in mix["steps"]
+            if (found := ((row.get("verdict") or {}).get("scenarios", {}).get("GatewayUser") or {}).get("workload"))
+        ),
+        None,
+    )
+    if not workload:
+        return "Rate-limit checks over Zipf-distributed keys plus a few hot keys (loadtests/scenarios/locustfile.py)"
+    return (
+        f"Rate-limit checks over {_n(workload['keys'])} keys drawn Zipf-like (exponent {workload['zipf_exponent']:g}) "
+        f"at {_n(workload['limit'])} per {_n(workload['period_ms'] / 1000)} s per key, plus {workload['hot_keys']} "
+        f"hot keys taking {_n(100 * workload['hot_share'])}% of the checks at {_n(workload['hot_limit'])} per "
+        f"{_n(workload['hot_period_ms'] / 1000)} s"
+    )
 
 
 def _scenario_section(document: dict[str, Any]) -> list[str]:
@@ -960,10 +996,9 @@ def _concurrency_section(document: dict[str, Any], drawn: list[str]) -> list[str
             "",
             f"![batch size]({PLOTS['batch']})",
             "",
-            "From the server's `lockgate_commit_batch_ops` histogram, read before and after each step: with one "
-            "connection each commit carries one op; as connections grow, the ops that arrive while a commit is "
-            "in flight join the next one. Commits/s stops growing (and falls once the worker is busy) while the ops "
-            "per commit keep growing: the fsync cost is shared by ever more ops (group commit).",
+            "From the server's `lockgate_commit_batch_ops` histogram, read before and after each step. The ops "
+            "that arrive while a commit is in flight join the next one (group commit). "
+            + _batch_findings(sweep["rows"]),
             "",
         ]
     rows = []
@@ -1017,17 +1052,12 @@ def _shard_section(document: dict[str, Any], drawn: list[str]) -> list[str]:
     lines += shard_findings(document)
     lines += [
         "",
-        "Why it saturates where it does: one server worker is one Python event loop. Shards are units of "
+        "How shards relate to throughput: one server worker is one Python event loop. Shards are units of "
         "ownership, ordering and recovery, not of parallelism inside a process: every shard is applied on "
-        "the same loop and the ops of all shards pending in one loop tick leave as one fenced script call. "
-        "So more shards do not add throughput on one worker. The worker's loop (HTTP parsing, dispatch, apply, "
-        "encode, the commit call) is busy early (see above); past that point more clients still buy "
-        "some throughput, because each commit's fixed cost (one script call, one fsync wait, one wake-up of the "
-        "waiting replies) is spread over more ops as the batches grow, and then only the queueing (p99) grows. "
-        "Valkey stays far from a core: the store is not the limit, the one Python worker is. A commit "
-        "carries one fenced append per shard it touches (an epoch check, an LSN check, an `XADD` and a `SET` "
-        "each), so the same ops spread over more shards make a bigger script call and more per-shard work on "
-        "the loop" + _shard_comparison(document) + ".",
+        "the same loop and the ops of all shards pending in one loop tick leave as one fenced script call. A "
+        "commit carries one fenced append per shard it touches (an epoch check, an LSN check, an `XADD` and a "
+        "`SET` each), so the same ops spread over more shards make a bigger script call and more per-shard work "
+        "on the loop. " + _shard_comparison(document),
         "",
     ]
     rows = [
@@ -1051,16 +1081,67 @@ def _shard_section(document: dict[str, Any], drawn: list[str]) -> list[str]:
 
 
 def _shard_comparison(document: dict[str, Any]) -> str:
+    """What the sweep shows about shards and about which process is the limit, from its rows only."""
     rows = (document.get("shards") or {}).get("rows", [])
     counts = sorted({row["shards"] for row in rows})
-    if len(counts) < 2:
+    if not rows:
         return ""
-    peaks = {count: max(row["ops_per_s"] for row in rows if row["shards"] == count) for count in counts}
-    fewest, most = counts[0], counts[-1]
-    return (
-        f": in this run the peak was {_n(peaks[fewest])} checks/s with {fewest} shard{'s' if fewest > 1 else ''} "
-        f"and {_n(peaks[most])} with {most} ({_n(100 * peaks[most] / peaks[fewest])}% of it)"
+    sentences = []
+    if len(counts) > 1:
+        peaks = {count: max(row["ops_per_s"] for row in rows if row["shards"] == count) for count in counts}
+        fewest, most = counts[0], counts[-1]
+        best = max(counts, key=lambda count: peaks[count])
+        if max(peaks.values()) <= (1 + SAME_WITHIN) * min(peaks.values()):
+            effect = f"the shard count made no difference beyond noise (every peak within {100 * SAME_WITHIN:g}%)"
+        elif best == fewest:
+            effect = "more shards cost throughput on one worker"
+        else:
+            effect = f"more shards added throughput (the most with {best})"
+        sentences.append(
+            f"In this run {effect}: the peak was {_n(peaks[fewest])} checks/s with {fewest} "
+            f"shard{'s' if fewest > 1 else ''} and {_n(peaks[most])} with {most} "
+            f"({_n(100 * peaks[most] / peaks[fewest]) if peaks[fewest] else 'n/a'}% of it)."
+        )
+    worker = max(row.get("server_cpu_pct") or 0 for row in rows)
+    store = max(row.get("store_cpu_pct") or 0 for row in rows)
+    if worker >= BUSY_PCT and store < BUSY_PCT:
+        sentences.append(
+            f"The server worker reached {_n(worker)}% of a core while Valkey stayed at or below {_n(store)}%: the "
+            "one Python worker was the limit, not the store."
+        )
+    elif store >= BUSY_PCT:
+        sentences.append(
+            f"Valkey reached {_n(store)}% of a core (the server worker {_n(worker)}%): the store was busy."
+        )
+    else:
+        sentences.append(
+            f"The server worker peaked at {_n(worker)}% of a core and Valkey at {_n(store)}%: neither was pegged on "
+            "its own in this run."
+        )
+    return " ".join(sentences)
+
+
+def _batch_findings(rows: list[dict[str, Any]]) -> str:
+    """Ops per commit and commits/s across the sweep, as the rows show them."""
+    ours = sorted((row for row in rows if row.get("commit")), key=lambda row: row["connections"])
+    if not ours:
+        return ""
+    first, last = ours[0], ours[-1]
+    peak = max(ours, key=lambda row: row["commit"]["commits_per_s"])
+    text = (
+        f"In this run the ops per commit went from {_n(first['commit']['ops_per_commit'], 1)} at "
+        f"{first['connections']} connection{'s' if first['connections'] != 1 else ''} to "
+        f"{_n(last['commit']['ops_per_commit'], 1)} at {last['connections']}, and commits/s from "
+        f"{_n(first['commit']['commits_per_s'])} to {_n(last['commit']['commits_per_s'])} (peak "
+        f"{_n(peak['commit']['commits_per_s'])} at {peak['connections']} connections)."
     )
+    grew = last["commit"]["ops_per_commit"] > (1 + SAME_WITHIN) * first["commit"]["ops_per_commit"]
+    if grew and peak is not last:
+        text += (
+            f" Past {peak['connections']} connections commits/s did not grow while the ops per commit did: each "
+            "commit's fixed cost (one script call, one fsync wait) was shared by more ops."
+        )
+    return text
 
 
 def _problems(document: dict[str, Any], checked: dict[str, Any]) -> list[str]:
@@ -1071,8 +1152,9 @@ def _problems(document: dict[str, Any], checked: dict[str, Any]) -> list[str]:
     if checked["violations"]:
         problems.append(f"{checked['violations']} correctness violations: {checked['details'][:5]}")
     for name, verdict, code in checked["runs"]:
-        if code != 0 and not verdict.get("violations"):
-            problems.append(f"Locust run {name} exited with {code}")
+        if name in checked["failed"] and not verdict.get("violations"):
+            why = "; ".join(verdict.get("problems") or []) or ("no verdict" if not verdict else "see its log")
+            problems.append(f"Locust run {name} did not pass (exit {code}): {why}")
     for part in ("concurrency", "shards"):
         if (document.get(part) or {}).get("skipped"):
             problems.append(f"{part} skipped: {document[part]['skipped']}")

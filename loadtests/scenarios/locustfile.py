@@ -4,7 +4,8 @@ One user class per scenario; name it on the command line (one process, so the ch
 below see every client):
 
   GatewayUser         rate-limit checks over 100,000 keys drawn Zipf-like, plus a few hot keys
-                      with a tight limit (an abusive client). Poisson arrivals, --lg-user-rate per user.
+                      with a tight limit (an abusive client) that is reached above 200 checks/s in all.
+                      Poisson arrivals, --lg-user-rate per user.
   JobWorker           workers take locks on 300 job names (30% of picks on 10 popular ones),
                       hold them 50 ms to 1.5 s, renew every third of the 2 s TTL, release.
   SemaphoreContender  200 contenders for one semaphore of 8 permits.
@@ -32,7 +33,15 @@ view of its hold, from reading the grant to sending the release, lies inside the
               than limit x (windows the run touched) allowed answers in all.
 
 Any violation makes the run exit with status 1 and is written with its details to
---lg-verdict. Request failures (timeouts, 5xx) are reported but are not violations.
+--lg-verdict. So does a run that could not check enough to mean anything: a Python exception
+in a task, more than MAX_FAILED_SHARE of the requests failed (the expected answers, a
+contended 409 or a denial, are not failures), the server not ready at the end, or a scenario
+whose checks had nothing to bite on (see each checker's `unchecked`).
+
+With --processes (GatewayUser only) each worker checks what its own users saw and writes its
+own verdict; the master's exit status does not see the workers' checks. Run it through
+loadtests/scenarios/run.py (or loadtests/report.py), which merges the verdicts and fails the
+run unless every worker checked and passed.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from typing import Any
 
 import msgspec
 from locust import FastHttpUser, between, events, task
+from locust import log as locust_log
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -59,14 +69,26 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 SAFETY_MARGIN_S = 0.010
 """Subtracted from every valid-until: the server stamps times in whole milliseconds."""
 DETAILS_KEPT = 50
+MAX_FAILED_SHARE = 0.01
+"""Failed requests a run may see and still pass. Expected answers (a contended 409, a not-owner
+409, a denial) are marked successes, so a failure is an error, a timeout, a 5xx or an unexpected
+4xx: more than 1% means the server was down or broken for part of the run, and the checks above
+only cover what it answered. 1% leaves room for a rare timeout under overload."""
+MIN_CHECKS = 10
+"""A scenario that checked fewer grants, adds or allowed answers than this checked nothing."""
+READY_TIMEOUT_S = 5.0
 
 # --- the gateway mix --------------------------------------------------------------------------
 GATEWAY_KEYS = 100_000
 ZIPF_EXPONENT = 1.0
 GATEWAY_LIMIT, GATEWAY_PERIOD_MS = 600, 60_000
 HOT_KEYS, HOT_SHARE = 4, 0.05
-"""4 hot keys take 5% of the checks (several hundred per second each) under a tight limit."""
-HOT_LIMIT, HOT_PERIOD_MS = 50, 5_000
+HOT_LIMIT, HOT_PERIOD_MS = 5, 2_000
+"""4 hot keys take 5% of the checks under a limit small enough to be reached at the lowest load the
+report offers (500 checks/s: about 12 checks per hot key per window against 5). A window that never
+reaches its limit can never show two allowed answers with the same `remaining`, so the exact check
+has teeth only above HOT_KEYS * HOT_LIMIT / (HOT_SHARE * period) = 200 offered checks/s; a run that
+saw no denial fails (RateChecker.unchecked)."""
 
 # --- the job-runner mix -----------------------------------------------------------------------
 JOB_NAMES, POPULAR_JOBS, POPULAR_SHARE = 300, 10, 0.30
@@ -92,6 +114,8 @@ def _options(parser: Any) -> None:
     parser.add_argument("--lg-namespace", default="locust", help="Lockgate namespace of this run (use a new one)")
     parser.add_argument("--lg-user-rate", type=float, default=0.0, help="GatewayUser checks/s per user; 0: no pause")
     parser.add_argument("--lg-verdict", default="", help="write the correctness verdict (JSON) to this file")
+    parser.add_argument("--lg-max-failed-share", type=float, default=MAX_FAILED_SHARE,
+                        help=f"fail the run above this share of failed requests ({MAX_FAILED_SHARE})")  # fmt: skip
 
 
 # --- the shared checkers --------------------------------------------------------------------------
@@ -113,6 +137,10 @@ class Checker:
     def finish(self, environment: Environment, seconds: float) -> dict[str, object]:
         return {}
 
+    def unchecked(self) -> list[str]:
+        """Why this run's checks had nothing to bite on (it then fails), or nothing."""
+        return []
+
 
 @dataclass
 class LockRecord:
@@ -123,46 +151,62 @@ class LockRecord:
 
 
 class LockChecker(Checker):
-    """At most one live holder per lock, and tokens only grow in the order grants were held."""
+    """At most one live holder per lock, and tokens only grow in the order grants were held.
+
+    A grant read after its valid-until is not recorded (this client cannot know it still holds
+    the lock); if a later renew of it succeeds, the server vouched for the lease again and it is
+    recorded from then on, with the same checks as a grant.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.locks: dict[str, LockRecord] = defaultdict(LockRecord)
+        self.late: set[str] = set()  # leases whose grant was read too late to record
 
     def granted(self, name: str, lease_id: str, token: int, valid_until: float) -> None:
         with self.guard:
-            now = time.monotonic()
             self.figures["grants"] += 1
-            if now >= valid_until:
-                # This client read its grant too late to know it still held the lock: nothing to assert.
+            if time.monotonic() >= valid_until:
                 self.figures["grants read after their lease could have expired"] += 1
+                self.late.add(lease_id)
                 return
-            record = self.locks[name]
-            if record.holder is not None and record.holder != lease_id and record.valid_until > now:
-                self.violation(
-                    "two holders at once", lock=name, holder=record.holder, holder_token=record.last_token,
-                    holder_valid_for_s=round(record.valid_until - now, 4), new_holder=lease_id, new_token=token,
-                )  # fmt: skip
-            if token <= record.last_token:
-                self.violation("token did not grow", lock=name, previous_token=record.last_token, token=token)
-            record.holder, record.valid_until, record.last_token = lease_id, valid_until, max(token, record.last_token)
-            record.grants += 1
+            self._record(name, lease_id, token, valid_until)
 
-    def renewed(self, name: str, lease_id: str, valid_until: float) -> None:
+    def _record(self, name: str, lease_id: str, token: int, valid_until: float) -> None:
+        now = time.monotonic()
+        self.figures["grants checked"] += 1
+        record = self.locks[name]
+        if record.holder is not None and record.holder != lease_id and record.valid_until > now:
+            self.violation(
+                "two holders at once", lock=name, holder=record.holder, holder_token=record.last_token,
+                holder_valid_for_s=round(record.valid_until - now, 4), new_holder=lease_id, new_token=token,
+            )  # fmt: skip
+        if token <= record.last_token:
+            self.violation("token did not grow", lock=name, previous_token=record.last_token, token=token)
+        record.holder, record.valid_until, record.last_token = lease_id, valid_until, max(token, record.last_token)
+        record.grants += 1
+
+    def renewed(self, name: str, lease_id: str, token: int, valid_until: float) -> None:
         with self.guard:
             record = self.locks[name]
             if record.holder == lease_id:
                 record.valid_until = valid_until
+            elif lease_id in self.late and time.monotonic() < valid_until:
+                self.late.discard(lease_id)
+                self.figures["late grants confirmed by a renew"] += 1
+                self._record(name, lease_id, token, valid_until)
 
     def releasing(self, name: str, lease_id: str) -> None:
         """Called before the release is sent: from then on the next holder may be granted."""
         with self.guard:
+            self.late.discard(lease_id)
             record = self.locks[name]
             if record.holder == lease_id:
                 record.holder = None
 
     def refused_as_not_owner(self, what: str, name: str, lease_id: str, sent: float, valid_until: float) -> None:
         with self.guard:
+            self.late.discard(lease_id)
             if sent < valid_until:
                 self.violation(
                     f"{what} refused as not-owner before the lease could expire", lock=name, lease=lease_id,
@@ -172,56 +216,97 @@ class LockChecker(Checker):
                 self.figures[f"{what} after the lease could have expired (slow client)"] += 1
 
     def finish(self, environment: Environment, seconds: float) -> dict[str, object]:
-        contended = sum(1 for record in self.locks.values() if record.grants > 1)
-        return {"locks_granted": len(self.locks), "locks_granted_more_than_once": contended}
+        return {
+            "locks_granted": len(self.locks),
+            "locks_granted_more_than_once": self._handed_over(),
+            "grants_checked": self.figures["grants checked"],
+        }
+
+    def _handed_over(self) -> int:
+        return sum(1 for record in self.locks.values() if record.grants > 1)
+
+    def unchecked(self) -> list[str]:
+        reasons = []
+        if self.figures["grants checked"] < MIN_CHECKS:
+            reasons.append(f"only {self.figures['grants checked']} lock grants checked (fewer than {MIN_CHECKS})")
+        if not self._handed_over():
+            reasons.append("no lock was granted twice: overlaps and token order were never checked")
+        return reasons
 
 
 class SemaphoreChecker(Checker):
-    """Never more live holders than permits; every grant has its own token."""
+    """Never more live holders than permits; every grant has its own token (late grants as for locks)."""
 
     def __init__(self, permits: int) -> None:
         super().__init__()
         self.permits = permits
         self.holders: dict[str, float] = {}  # lease -> valid until
         self.tokens: set[int] = set()
+        self.late: set[str] = set()
         self.most_held = 0
 
     def granted(self, lease_id: str, token: int, valid_until: float) -> None:
         with self.guard:
-            now = time.monotonic()
             self.figures["grants"] += 1
             if token in self.tokens:
                 self.violation("token granted twice", token=token)
             self.tokens.add(token)
-            if now >= valid_until:
+            if time.monotonic() >= valid_until:
                 self.figures["grants read after their lease could have expired"] += 1
+                self.late.add(lease_id)
                 return
-            for lease, until in list(self.holders.items()):
-                if until <= now:
-                    del self.holders[lease]
-            self.holders[lease_id] = valid_until
-            self.most_held = max(self.most_held, len(self.holders))
-            if len(self.holders) > self.permits:
-                self.violation("permits over-granted", live_holders=len(self.holders), permits=self.permits)
+            self._record(lease_id, valid_until)
+
+    def _record(self, lease_id: str, valid_until: float) -> None:
+        now = time.monotonic()
+        self.figures["grants checked"] += 1
+        for lease, until in list(self.holders.items()):
+            if until <= now:
+                del self.holders[lease]
+        self.holders[lease_id] = valid_until
+        self.most_held = max(self.most_held, len(self.holders))
+        if len(self.holders) > self.permits:
+            self.violation("permits over-granted", live_holders=len(self.holders), permits=self.permits)
 
     def renewed(self, lease_id: str, valid_until: float) -> None:
         with self.guard:
             if lease_id in self.holders:
                 self.holders[lease_id] = valid_until
+            elif lease_id in self.late and time.monotonic() < valid_until:
+                self.late.discard(lease_id)
+                self.figures["late grants confirmed by a renew"] += 1
+                self._record(lease_id, valid_until)
 
     def releasing(self, lease_id: str) -> None:
         with self.guard:
+            self.late.discard(lease_id)
             self.holders.pop(lease_id, None)
 
     def refused_as_not_owner(self, what: str, lease_id: str, sent: float, valid_until: float) -> None:
         with self.guard:
+            self.late.discard(lease_id)
             if sent < valid_until:
                 self.violation(f"{what} refused as not-owner before the lease could expire", lease=lease_id)
             else:
                 self.figures[f"{what} after the lease could have expired (slow client)"] += 1
 
     def finish(self, environment: Environment, seconds: float) -> dict[str, object]:
-        return {"permits": self.permits, "most_live_holders_seen": self.most_held}
+        return {
+            "permits": self.permits,
+            "most_live_holders_seen": self.most_held,
+            "grants_checked": self.figures["grants checked"],
+        }
+
+    def unchecked(self) -> list[str]:
+        reasons = []
+        if self.figures["grants checked"] < MIN_CHECKS:
+            reasons.append(f"only {self.figures['grants checked']} permit grants checked (fewer than {MIN_CHECKS})")
+        if self.most_held < self.permits:
+            reasons.append(
+                f"never all {self.permits} permits held at once ({self.most_held} at most): an over-grant could "
+                "not have been seen"
+            )
+        return reasons
 
 
 class CounterChecker(Checker):
@@ -287,6 +372,10 @@ class CounterChecker(Checker):
             "all_exact": all(entry["final"] == entry["acknowledged"] for entry in finals.values()),
         }
 
+    def unchecked(self) -> list[str]:
+        adds = sum(self.acknowledged.values())
+        return [f"only {adds} acknowledged adds (fewer than {MIN_CHECKS})"] if adds < MIN_CHECKS else []
+
 
 @dataclass
 class WindowCount:
@@ -314,6 +403,7 @@ class RateChecker(Checker):
             self.policy[key] = (limit, period_ms)
             remaining, reset_after_ms = answer.get("remaining"), answer.get("reset_after_ms")
             if remaining is None or reset_after_ms is None:
+                self.figures["allowed without remaining (per-key bound only)"] += 1
                 return  # a peer that does not say (limits): only the per-key bound applies
             if not 0 <= remaining < limit:
                 self.violation("allowed with remaining out of range", key=key, remaining=remaining, limit=limit)
@@ -345,8 +435,26 @@ class RateChecker(Checker):
             "windows_checked_exactly": len(self.windows),
             "answers_checked_exactly": self.exact_checks,
             "hot_keys_allowed": hot,
+            "workload": GATEWAY_WORKLOAD,
         }
 
+    def unchecked(self) -> list[str]:
+        reasons = []
+        allowed, denied = self.figures["allowed"], self.figures["denied"]
+        if allowed < MIN_CHECKS:
+            reasons.append(f"only {allowed} allowed answers (fewer than {MIN_CHECKS})")
+        if not denied:
+            reasons.append("no check was denied: no window reached its limit, so none was checked at its limit")
+        if allowed > self.figures["allowed without remaining (per-key bound only)"] and not self.exact_checks:
+            reasons.append("no allowed answer could be placed in its window: none was checked exactly")
+        return reasons
+
+
+GATEWAY_WORKLOAD = {
+    "keys": GATEWAY_KEYS, "zipf_exponent": ZIPF_EXPONENT, "limit": GATEWAY_LIMIT, "period_ms": GATEWAY_PERIOD_MS,
+    "hot_keys": HOT_KEYS, "hot_share": HOT_SHARE, "hot_limit": HOT_LIMIT, "hot_period_ms": HOT_PERIOD_MS,
+}  # fmt: skip
+"""In the gateway verdict, so the report describes the mix that ran."""
 
 CHECKERS: dict[str, Checker] = {
     "GatewayUser": RateChecker(),
@@ -494,7 +602,9 @@ class _LeaseHolder(LockgateUser):
     def checker(self) -> Any:
         return CHECKERS[type(self).__name__]
 
-    def _hold(self, name: str, lease_id: str, valid_until: float, ttl_ms: int, hold_s: float) -> float | None:
+    def _hold(
+        self, name: str, lease_id: str, token: int, valid_until: float, ttl_ms: int, hold_s: float
+    ) -> float | None:
         """Hold for hold_s, renewing every third of the TTL; the new valid-until, or None if the lease was lost."""
         deadline = time.monotonic() + hold_s
         renew_at = time.monotonic() + ttl_ms / 3000
@@ -508,14 +618,14 @@ class _LeaseHolder(LockgateUser):
                 return None
             if status == 200:
                 valid_until = sent + ttl_ms / 1000 - SAFETY_MARGIN_S
-                self._renewed(name, lease_id, valid_until)
+                self._renewed(name, lease_id, token, valid_until)
             renew_at = time.monotonic() + ttl_ms / 3000
         return valid_until
 
     def _not_owner(self, what: str, name: str, lease_id: str, sent: float, valid_until: float) -> None:
         raise NotImplementedError
 
-    def _renewed(self, name: str, lease_id: str, valid_until: float) -> None:
+    def _renewed(self, name: str, lease_id: str, token: int, valid_until: float) -> None:
         raise NotImplementedError
 
 
@@ -528,8 +638,8 @@ class JobWorker(_LeaseHolder):
     def _not_owner(self, what: str, name: str, lease_id: str, sent: float, valid_until: float) -> None:
         self.checker.refused_as_not_owner(what, name, lease_id, sent, valid_until)
 
-    def _renewed(self, name: str, lease_id: str, valid_until: float) -> None:
-        self.checker.renewed(name, lease_id, valid_until)
+    def _renewed(self, name: str, lease_id: str, token: int, valid_until: float) -> None:
+        self.checker.renewed(name, lease_id, token, valid_until)
 
     @task
     def run_job(self) -> None:
@@ -547,7 +657,7 @@ class JobWorker(_LeaseHolder):
         lease_id, token = grant["lease_id"], int(grant["token"])
         valid_until = sent + JOB_TTL_MS / 1000 - SAFETY_MARGIN_S
         checker.granted(name, lease_id, token, valid_until)
-        held_until = self._hold(name, lease_id, valid_until, JOB_TTL_MS, self.rng.uniform(*JOB_HOLD_S))
+        held_until = self._hold(name, lease_id, token, valid_until, JOB_TTL_MS, self.rng.uniform(*JOB_HOLD_S))
         if held_until is None:
             return
         checker.releasing(name, lease_id)
@@ -565,7 +675,7 @@ class SemaphoreContender(_LeaseHolder):
     def _not_owner(self, what: str, name: str, lease_id: str, sent: float, valid_until: float) -> None:
         self.checker.refused_as_not_owner(what, lease_id, sent, valid_until)
 
-    def _renewed(self, name: str, lease_id: str, valid_until: float) -> None:
+    def _renewed(self, name: str, lease_id: str, token: int, valid_until: float) -> None:
         self.checker.renewed(lease_id, valid_until)
 
     @task
@@ -581,7 +691,7 @@ class SemaphoreContender(_LeaseHolder):
         checker.granted(lease_id, token, valid_until)
         # One hold in 50 is long enough to need renewals.
         hold_s = self.rng.uniform(3.0, 4.0) if self.rng.random() < 0.02 else self.rng.uniform(*POOL_HOLD_S)
-        held_until = self._hold(POOL_NAME, lease_id, valid_until, POOL_TTL_MS, hold_s)
+        held_until = self._hold(POOL_NAME, lease_id, token, valid_until, POOL_TTL_MS, hold_s)
         if held_until is None:
             return
         checker.releasing(lease_id)
@@ -635,13 +745,15 @@ def _verdict(environment: Environment, **_: object) -> None:
     """Each process writes its own verdict: <--lg-verdict>.<role>-<pid>.json (run.py merges them).
 
     With --processes (GatewayUser only: its checks hold for any subset of the answers), the
-    master runs no users and each worker checks what its own users saw.
+    master runs no users and checks the run's health (its stats are the run's), and each worker
+    checks what its own users saw.
     """
     options = environment.parsed_options
     role = "worker" if isinstance(environment.runner, WorkerRunner) else "master"
     users = [] if isinstance(environment.runner, MasterRunner) else sorted(environment.user_classes_by_name)
     seconds = (_RUN["stopped"] or time.monotonic()) - _RUN["started"]
     scenarios: dict[str, object] = {}
+    problems = _health_problems(environment, role)
     violations = 0
     for name in users:
         checker = CHECKERS[name]
@@ -650,19 +762,22 @@ def _verdict(environment: Environment, **_: object) -> None:
         except Exception as error:  # the final read failed: the check could not be made
             checker.violation("final check could not run", error=repr(error))
             summary = {}
+        unchecked = checker.unchecked()
+        problems += [f"{name}: {reason}" for reason in unchecked]
         violations += checker.violations
         scenarios[name] = {
             "violations": checker.violations,
             "violation_details": checker.details,
+            "not_checked": unchecked,
             "figures": dict(checker.figures),
             **summary,
         }
     total = environment.stats.total
-    answered = role == "worker" or total.num_requests > total.num_failures  # a worker's stats went to the master
     verdict = {
-        "ok": violations == 0 and answered,
+        "ok": violations == 0 and not problems,
         "role": role,
         "violations": violations,
+        "problems": problems,
         "requests": total.num_requests,
         "failures": total.num_failures,
         "seconds": round(seconds, 2),
@@ -673,5 +788,46 @@ def _verdict(environment: Environment, **_: object) -> None:
             json.dump(verdict, out, indent=2)
     for name, scenario in scenarios.items():
         print(f"correctness {name}: {scenario['violations']} violations; {json.dumps(scenario['figures'])}")
-    # Request failures alone do not fail the run (they are reported); a violation or no successful request does.
+    for problem in problems:
+        print(f"run failed ({role}): {problem}")
+    # Set either way: left unset, Locust fails the run on any request failure, expected or not.
     environment.process_exit_code = 0 if verdict["ok"] else 1
+
+
+def _health_problems(environment: Environment, role: str) -> list[str]:
+    """What makes the checks of this run not worth their verdict, apart from the checks themselves."""
+    problems = []
+    exceptions = environment.runner.exceptions if environment.runner else {}
+    if exceptions:
+        raised = sum(entry["count"] for entry in exceptions.values())
+        first = next(iter(exceptions.values()))
+        code = [line.strip() for line in (first.get("traceback") or "").splitlines() if line.strip(" ~^")]
+        where = code[-1:]  # the line that raised (3.11 adds a line of ~^ markers under it)
+        problems.append(
+            f"{raised} Python exceptions in tasks, first: {first['msg']!r}" + (f" at `{where[0]}`" if where else "")
+        )
+    if locust_log.unhandled_greenlet_exception:
+        problems.append("an unhandled greenlet exception (see the log)")
+    if role == "worker":
+        return problems  # a worker's stats went to the master, which judges them
+    total = environment.stats.total
+    if not total.num_requests:
+        problems.append("no request was made")
+    elif total.num_failures > (most := environment.parsed_options.lg_max_failed_share) * total.num_requests:
+        problems.append(
+            f"{total.num_failures:,} of {total.num_requests:,} requests failed "
+            f"({100 * total.num_failures / total.num_requests:.1f}%, more than {100 * most:g}%)"
+        )
+    not_ready = _not_ready(environment.host or "")
+    if not_ready:
+        problems.append(f"the server was not ready at the end: {not_ready}")
+    return problems
+
+
+def _not_ready(host: str) -> str:
+    """Why GET /readyz did not answer 200 (a server that died near the end leaves few failures), or ""."""
+    try:
+        with urllib.request.urlopen(f"{host}/readyz", timeout=READY_TIMEOUT_S) as answer:
+            return "" if answer.status == 200 else f"status {answer.status}"
+    except (OSError, ValueError) as error:
+        return repr(error)

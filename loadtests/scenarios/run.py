@@ -3,8 +3,9 @@
 Starts a Valkey (appendfsync always) and `lockgate-server` on 127.0.0.1, then runs each
 scenario of loadtests/scenarios/locustfile.py as its own headless Locust process, in a fresh
 namespace: the gateway mix, the job runners, 200 contenders for 8 permits, the counters.
-Every scenario checks correctness while it loads (see the locustfile); a violation makes
-this command exit with status 1. Writes loadtests/results/locust.json.
+Every scenario checks correctness while it loads (see the locustfile); a violation, or a run
+that could not check enough (exceptions, failed requests, a server not ready at the end,
+nothing to check), makes this command exit with status 1. Writes loadtests/results/locust.json.
 
     python -m loadtests.scenarios.run [--users 100] [--seconds 30] [--quick] [--scenarios JobWorker,...]
 """
@@ -68,8 +69,16 @@ def read_stats(prefix: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def merge_verdicts(paths: list[Path]) -> dict[str, Any]:
-    """One verdict from each Locust process (the master's, and each worker's when there are several)."""
+_SAME_IN_EVERY_PROCESS = frozenset({"workload", "permits"})
+"""Verdict fields that describe the scenario, not what a process saw: kept as they are, never summed."""
+
+
+def merge_verdicts(paths: list[Path], processes: int = 1) -> dict[str, Any]:
+    """One verdict from each Locust process (the master's, and each worker's when there are several).
+
+    It passes only if every part passed and every process that should have checked did: with
+    --processes N, N workers (a worker that died wrote nothing); otherwise the master itself.
+    """
     parts = []
     for path in paths:
         with contextlib.suppress(OSError, ValueError):
@@ -77,7 +86,13 @@ def merge_verdicts(paths: list[Path]) -> dict[str, Any]:
     if not parts:
         return {}
     checking = [part for part in parts if part.get("scenarios")]
-    lead = next((part for part in parts if part.get("role") == "master"), parts[0])
+    master = next((part for part in parts if part.get("role") == "master"), None)
+    lead = master or parts[0]
+    problems = [f"{part.get('role')}: {problem}" for part in parts for problem in part.get("problems", [])]
+    if master is None:
+        problems.append("the Locust master wrote no verdict")
+    if len(checking) != processes:
+        problems.append(f"{len(checking)} of {processes} Locust processes checked their users' answers")
     scenarios: dict[str, dict[str, Any]] = {}
     for part in checking:
         for name, scenario in part["scenarios"].items():
@@ -86,7 +101,9 @@ def merge_verdicts(paths: list[Path]) -> dict[str, Any]:
                 continue
             merged = scenarios[name]
             for key, value in scenario.items():
-                if key == "violation_details":
+                if key in _SAME_IN_EVERY_PROCESS:
+                    continue
+                if key in ("violation_details", "not_checked"):
                     merged[key] = (merged.get(key, []) + value)[:50]
                 elif isinstance(value, int | float) and not isinstance(value, bool):
                     merged[key] = merged.get(key, 0) + value
@@ -96,11 +113,13 @@ def merge_verdicts(paths: list[Path]) -> dict[str, Any]:
                         if isinstance(number, int | float):
                             into[inner] = into.get(inner, 0) + number
     return {
-        "ok": all(part.get("ok") for part in parts) and bool(checking),
+        "ok": all(part.get("ok") for part in parts) and not problems,
         "violations": sum(part.get("violations", 0) for part in parts),
+        "problems": problems,
         "requests": lead.get("requests"),
         "failures": lead.get("failures"),
         "seconds": lead.get("seconds"),
+        "processes": processes,
         "processes_checking": len(checking),
         "scenarios": scenarios,
     }
@@ -116,13 +135,23 @@ def run_locust(
     namespace: str,
     user_rate: float = 0.0,
     processes: int = 1,
+    max_failed_share: float | None = None,
 ) -> dict[str, Any]:
     """One headless Locust run; its stats (after every user was spawned) and its correctness verdict.
 
     processes > 1 forks Locust workers (only for GatewayUser: its checks hold for any subset of the
     answers, so each worker checks its own; the other scenarios need one process to see every client).
+    The master's exit status does not see the workers' checks: "passed" is the run's verdict.
     """
     prefix = folder / f"locust-{namespace}"
+    workers: list[str] = []
+    if processes > 1:
+        # The master listens for its workers on loopback only, on a port free now (not Locust's fixed 5557).
+        master_port = str(free_port())
+        workers = [
+            "--processes", str(processes), "--master-bind-host", "127.0.0.1", "--master-bind-port", master_port,
+            "--master-host", "127.0.0.1", "--master-port", master_port,
+        ]  # fmt: skip
     verdict_path = folder / f"verdict-{namespace}.json"
     log_path = folder / f"locust-{namespace}.log"
     command = [
@@ -130,7 +159,8 @@ def run_locust(
         "-u", str(users), "-r", str(users), "-t", f"{max(1, round(seconds))}s", "--stop-timeout", str(STOP_TIMEOUT_S),
         "--host", host, "--csv", str(prefix), "--loglevel", "WARNING",
         "--lg-namespace", namespace, "--lg-verdict", str(verdict_path), "--lg-user-rate", str(user_rate),
-        *(["--processes", str(processes)] if processes > 1 else []), user_class,
+        *workers,
+        *(["--lg-max-failed-share", str(max_failed_share)] if max_failed_share is not None else []), user_class,
     ]  # fmt: skip
     started = time.monotonic()
     with open(log_path, "wb") as log:
@@ -144,7 +174,7 @@ def run_locust(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, 9)
                 process.wait()
-    verdict = merge_verdicts(sorted(folder.glob(f"{verdict_path.name}.*.json")))
+    verdict = merge_verdicts(sorted(folder.glob(f"{verdict_path.name}.*.json")), processes)
     stats = read_stats(prefix)
     outcome = {
         "user_class": user_class,
@@ -154,13 +184,19 @@ def run_locust(
         "offered_per_s": round(users * user_rate, 1) if user_rate else None,
         "namespace": namespace,
         "exit_code": code,
+        "passed": passed(code, verdict),
         "wall_s": round(time.monotonic() - started, 1),
         "stats": stats,
         "verdict": verdict,
     }
-    if code != 0 or not verdict.get("ok"):
+    if not outcome["passed"]:
         outcome["log_tail"] = log_path.read_text(errors="replace")[-3000:]
     return outcome
+
+
+def passed(exit_code: int | None, verdict: dict[str, Any]) -> bool:
+    """A Locust run passes only if Locust exited 0 and the merged verdict of its processes is ok, with no violation."""
+    return exit_code == 0 and bool(verdict.get("ok")) and not verdict.get("violations")
 
 
 @contextlib.contextmanager
@@ -237,11 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[user_class] = outcome
                 print(summarize(outcome), flush=True)
     violations = sum(outcome["verdict"].get("violations", 0) for outcome in results.values())
-    failed_runs = [
-        name
-        for name, outcome in results.items()
-        if outcome["exit_code"] != 0 or not outcome["verdict"].get("ok") or outcome["verdict"].get("violations")
-    ]
+    failed_runs = [name for name, outcome in results.items() if not outcome["passed"]]
     document = {
         "benchmark": "locust",
         "command": "make bench-locust" + (" BENCH_LOCUST_ARGS=--quick" if args.quick else ""),
@@ -256,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in failed_runs:
         outcome = results[name]
         print(f"\n{name} failed (exit {outcome['exit_code']}):")
+        for problem in outcome["verdict"].get("problems", []) if outcome["verdict"] else ["no verdict was written"]:
+            print(f"  {problem}")
         for scenario in outcome["verdict"].get("scenarios", {}).values():
             for detail in scenario.get("violation_details", [])[:10]:
                 print(f"  {detail}")
