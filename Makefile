@@ -96,7 +96,7 @@ bench-gateway: $(BENCH_STAMP) bench-tools
 bench-locust: $(BENCH_STAMP)
 	$(BIN)/python -m loadtests.scenarios.run $(BENCH_LOCUST_ARGS)
 
-## bench: every benchmark above plus the Locust gateway mix vs limits, the 1..256 concurrency sweep, batch size
+## bench: every benchmark above but bench-failover, plus the Locust gateway mix vs limits, the 1..256 concurrency sweep, batch size
 ## against load and the shards x clients sweep, in one run; writes loadtests/results/REPORT.md and its plots.
 # `make bench BENCH_ARGS=--quick` takes about 5 minutes, the full run about 15.
 bench: $(BENCH_STAMP) bench-tools
