@@ -10,6 +10,7 @@ both are gone, so a Valkey left running by a dead parent keeps the folder too.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -26,6 +27,21 @@ START_TIMEOUT_S = 15.0
 FOLDER_LOCK_WAIT_S = 5.0
 """How long a start waits for the folder's previous Valkey to finish stopping."""
 _PR_SET_PDEATHSIG = 1
+
+
+_held_folder_locks: set[int] = set()
+
+
+def _let_go_in_child() -> None:
+    """A forked child (the engine forks snapshot writers) must not keep a folder locked after
+    its parent died; the Valkey child gets the lock by pass_fds, not through this."""
+    for fd in _held_folder_locks:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_folder_locks.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 class FolderInUse(RuntimeError):
@@ -122,10 +138,12 @@ class EmbeddedValkey:
                     ) from None
                 time.sleep(0.05)
         self._folder_lock = fd
+        _held_folder_locks.add(fd)
 
     def _unlock_folder(self) -> None:
         """Our hold only: the lock lasts while the Valkey child (which shares it) lives."""
         if self._folder_lock is not None:
+            _held_folder_locks.discard(self._folder_lock)
             os.close(self._folder_lock)
             self._folder_lock = None
 
