@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
+from lockgate_server.core.shard_state import ShardState
+from lockgate_server.engine.snapshots import SnapshotJob, _fork_writer
 from lockgate_server.storage import embedded
 from lockgate_server.storage.embedded import EmbeddedValkey, FolderInUse
 
@@ -26,17 +27,18 @@ def test_a_second_valkey_on_a_folder_in_use_is_refused(tmp_path: Path) -> None:
         pass
 
 
-def test_a_forked_child_does_not_keep_the_folder(tmp_path: Path) -> None:
+def test_a_snapshot_writer_does_not_keep_the_folder(tmp_path: Path) -> None:
+    """A writer outliving its server (it may write for up to SNAPSHOT_WAIT_S) let a restart
+    find the folder locked."""
     first = EmbeddedValkey(tmp_path / "data")
     first.start()
-    child = os.fork()
-    if child == 0:  # as the engine's snapshot writers are forked: alive after we let go
-        time.sleep(30)
-        os._exit(0)
-    try:
-        first.stop()
-        with EmbeddedValkey(tmp_path / "data"):
-            pass
-    finally:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+    with EmbeddedValkey(tmp_path / "other-store") as other:
+        # A log that never reaches the job's LSN: the writer waits for it, alive, all along.
+        writer = _fork_writer(other.url, [SnapshotJob(shard=0, epoch=1, lsn=10**9, state=ShardState(0))])
+        try:
+            first.stop()
+            with EmbeddedValkey(tmp_path / "data"):
+                pass
+        finally:
+            os.kill(writer, signal.SIGKILL)
+            os.waitpid(writer, 0)

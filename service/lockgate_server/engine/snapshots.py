@@ -25,6 +25,7 @@ from typing import Literal
 
 from ..core.shard_state import ShardState
 from ..limits import SNAPSHOT_INLINE_ITEMS_MAX
+from ..storage.embedded import let_go_of_folders_in_child
 from ..storage.log import RedisLog, write_snapshot_blocking
 
 log = logging.getLogger("lockgate.snapshots")
@@ -138,6 +139,7 @@ def _fork_writer(url: str, jobs: list[SnapshotJob]) -> int:
     code = 1
     try:
         gc.disable()  # so the collector never touches (and copies) the parent's pages
+        let_go_of_folders_in_child()
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)

@@ -32,16 +32,15 @@ _PR_SET_PDEATHSIG = 1
 _held_folder_locks: set[int] = set()
 
 
-def _let_go_in_child() -> None:
-    """A forked child (the engine forks snapshot writers) must not keep a folder locked after
-    its parent died; the Valkey child gets the lock by pass_fds, not through this."""
+def let_go_of_folders_in_child() -> None:
+    """For a child forked without exec (the engine's snapshot writers): a fork copies every
+    descriptor, so without this a writer still running after its server died would keep the
+    folder locked. Not an os.register_at_fork hook: subprocess runs those too when given a
+    preexec_fn, and would close the lock before passing it to the Valkey child."""
     for fd in _held_folder_locks:
         with contextlib.suppress(OSError):
             os.close(fd)
     _held_folder_locks.clear()
-
-
-os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 class FolderInUse(RuntimeError):
