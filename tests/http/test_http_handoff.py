@@ -175,6 +175,35 @@ async def test_batch_waiters_that_hang_up_leave_the_line(server: Any) -> None:
             assert status["held"] is False, status
 
 
+async def test_a_batch_waiter_granted_before_its_client_hangs_up_gives_the_grant_back(server: Any) -> None:
+    """The batch answers once its slowest op is done: a waiter granted while a later one still
+    waits was granted to nobody once the client left, and held the lock for its whole TTL."""
+    first, second = LOCK.format(name="batch-granted-1"), LOCK.format(name="batch-granted-2")
+    async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as observer:
+        held = [(await observer.post(f"{path}/acquire", json={"ttl_ms": 30_000})).json() for path in (first, second)]
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        ops = [_batch_acquire(name, 30_000, "gone") for name in ("batch-granted-1", "batch-granted-2")]
+        payload = json.dumps({"ops": ops}).encode()
+        writer.write(
+            f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+        await _wait_for_waiters(observer, first, 1)
+        await _wait_for_waiters(observer, second, 1)
+        await observer.post(f"{first}/release", json={"lease_id": held[0]["lease_id"]})
+        granted = await _lock_status(observer, first)
+        assert granted["held"] and granted["holder"] == "gone", granted  # granted, its answer held back
+        writer.close()
+        await writer.wait_closed()
+        await _wait_for_waiters(observer, second, 0)
+        deadline = time.monotonic() + 10
+        while (await _lock_status(observer, first))["held"]:
+            assert time.monotonic() < deadline, "the grant nobody heard of was kept"
+            await asyncio.sleep(0.01)
+
+
 async def test_batch_ops_are_applied_in_the_order_sent(server: Any) -> None:
     """A waiting acquire first in a batch is first in line, ahead of a try-once behind it."""
     name = "batch-order"

@@ -178,8 +178,9 @@ class Dispatcher:
                 response = await unless_disconnected(answers.collect(), receive)  # one waits in line
             else:
                 response = await answers.collect()
-        finally:
-            answers.abandon_the_rest()
+        except BaseException:
+            answers.abandon()
+            raise
         seconds = time.perf_counter() - started
         for (operation, outcome), count in answers.outcomes.items():
             self._metrics.observe(operation, outcome, seconds, count)
@@ -244,12 +245,18 @@ class _BatchAnswers:
             self.outcomes[(operation, outcome)] = self.outcomes.get((operation, outcome), 0) + 1
         return schemas.BatchResponse(results=self.results)
 
-    def abandon_the_rest(self) -> None:
-        """The client left (or the node failed) before every answer was collected: queued
-        acquires leave their line, and listings stop. The one being awaited cleaned up itself."""
-        for _, item in self._prepared[len(self.results) + 1 :]:
+    def abandon(self) -> None:
+        """The client left (or the node failed) before the batch was answered: queued acquires
+        leave their line or give back what they were granted meanwhile (nobody will hear of
+        it), and listings stop. The one being awaited cleaned up itself. An op that did not
+        queue keeps its answer, as a single request does: a retry with its request_id gets it."""
+        awaited = len(self.results)
+        for index, (_, item) in enumerate(self._prepared):
+            if index == awaited:
+                continue
             if isinstance(item, asyncio.Future):
-                item.cancel()
+                if index > awaited:
+                    item.cancel()
             elif isinstance(item, tuple):
                 self._engine.give_up(item[1])
 
