@@ -32,6 +32,19 @@ async def _wait_for_waiters(client: httpx.AsyncClient, path: str, expected: int,
     raise AssertionError(f"{path}: expected {expected} waiters, GET kept showing {seen}")
 
 
+async def _post_and_stay(server: Any, path: str, body: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """POST `body` on a raw connection and leave it open, as a client that waits for its answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    payload = json.dumps(body).encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    return reader, writer
+
+
 async def test_blocking_acquires_are_served_in_fifo_order_and_leavers_are_skipped(server: Any) -> None:
     path = LOCK.format(name="fifo")
     body = {"ttl_ms": 30_000, "wait_ms": 30_000}
@@ -113,14 +126,9 @@ async def test_a_waiter_that_hangs_up_is_never_granted_even_when_the_lock_frees_
     async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as observer:
         first = (await observer.post(f"{path}/acquire", json={"ttl_ms": 30_000, "holder": "first"})).json()
 
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        payload = json.dumps({"ttl_ms": 30_000, "wait_ms": 30_000, "holder": "gone"}).encode()
-        writer.write(
-            f"POST {path}/acquire HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
+        reader, writer = await _post_and_stay(
+            server, f"{path}/acquire", {"ttl_ms": 30_000, "wait_ms": 30_000, "holder": "gone"}
         )
-        await writer.drain()
         await _wait_for_waiters(observer, path, 1)
 
         async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as second_client:
@@ -156,14 +164,9 @@ async def test_batch_waiters_that_hang_up_leave_the_line(server: Any) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as observer:
         held = [(await observer.post(f"{path}/acquire", json={"ttl_ms": 30_000})).json() for path in paths]
 
-        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        payload = json.dumps({"ops": [_batch_acquire(name, 30_000, "gone") for name in names]}).encode()
-        writer.write(
-            f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
+        _, writer = await _post_and_stay(
+            server, "/v1/batch", {"ops": [_batch_acquire(name, 30_000, "gone") for name in names]}
         )
-        await writer.drain()
         for path in paths:
             await _wait_for_waiters(observer, path, 1)
         writer.close()
@@ -181,15 +184,8 @@ async def test_a_batch_waiter_granted_before_its_client_hangs_up_gives_the_grant
     first, second = LOCK.format(name="batch-granted-1"), LOCK.format(name="batch-granted-2")
     async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as observer:
         held = [(await observer.post(f"{path}/acquire", json={"ttl_ms": 30_000})).json() for path in (first, second)]
-        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         ops = [_batch_acquire(name, 30_000, "gone") for name in ("batch-granted-1", "batch-granted-2")]
-        payload = json.dumps({"ops": ops}).encode()
-        writer.write(
-            f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        await writer.drain()
+        _, writer = await _post_and_stay(server, "/v1/batch", {"ops": ops})
         await _wait_for_waiters(observer, first, 1)
         await _wait_for_waiters(observer, second, 1)
         await observer.post(f"{first}/release", json={"lease_id": held[0]["lease_id"]})
