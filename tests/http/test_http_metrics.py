@@ -109,6 +109,61 @@ def test_batch_ops_with_made_up_names_add_no_series(base_url: str) -> None:
     assert value(after, "lockgate_ops_total", **unknown) - value(before, "lockgate_ops_total", **unknown) == 50
 
 
+def test_every_op_of_a_batch_is_one_latency_observation(base_url: str) -> None:
+    """Before, a batch of 32 adds counted 32 ops but a single latency observation."""
+    ops = [{"op": "counters.add", "namespace": "metrics", "name": "batched", "args": {"delta": 1}}] * 32
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        before = scrape(client)
+        assert {item["status"] for item in client.post("/v1/batch", json={"ops": ops}).json()["results"]} == {200}
+        after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("lockgate_ops_total", kind="counters", op="add", outcome="ok") == 32
+    assert delta("lockgate_op_latency_seconds_count", kind="counters", op="add") == 32
+    assert delta("lockgate_op_latency_seconds_bucket", kind="counters", op="add", le="+Inf") == 32
+
+
+async def test_ops_of_a_batch_whose_client_left_are_counted(server: Any) -> None:
+    """They were counted nowhere, though the add before the waiting acquire took effect."""
+    lock = LOCK.format(name="batch-left")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        held = (await client.post(f"{lock}/acquire", json={"ttl_ms": 30_000})).json()
+        before = parse((await client.get("/metrics")).text)
+        waits = {"ttl_ms": 1_000, "wait_ms": 30_000}
+        ops = [
+            {"op": "counters.add", "namespace": "metrics", "name": "before-leaving", "args": {"delta": 1}},
+            {"op": "locks.acquire", "namespace": "metrics", "name": "batch-left", "args": waits},
+        ]
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        payload = httpx.Request("POST", "/v1/batch", json={"ops": ops}).read()
+        writer.write(
+            f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+        deadline = time.monotonic() + 10
+        while (await client.get(lock)).json()["waiters"] != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        writer.close()
+        await writer.wait_closed()
+        del reader
+        deadline = time.monotonic() + 10
+        while True:
+            after = parse((await client.get("/metrics")).text)
+            left = value(after, "lockgate_ops_total", kind="locks", op="acquire", outcome="client_left")
+            if left - value(before, "lockgate_ops_total", kind="locks", op="acquire", outcome="client_left") == 1:
+                break
+            assert time.monotonic() < deadline, "the acquire of the abandoned batch was never counted"
+            await asyncio.sleep(0.01)
+        added = value(after, "lockgate_ops_total", kind="counters", op="add", outcome="ok")
+        assert added - value(before, "lockgate_ops_total", kind="counters", op="add", outcome="ok") == 1
+        await client.post(f"{lock}/release", json={"lease_id": held["lease_id"]})
+
+
 async def test_waiters_gauge_follows_the_line(base_url: str) -> None:
     path = LOCK.format(name="line")
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:

@@ -178,12 +178,13 @@ class Dispatcher:
                 response = await unless_disconnected(answers.collect(), receive)  # one waits in line
             else:
                 response = await answers.collect()
-        except BaseException:
-            answers.abandon()
+        except BaseException as error:
+            answers.abandon(client_left=isinstance(error, ClientLeft))
             raise
-        seconds = time.perf_counter() - started
-        for (operation, outcome), count in answers.outcomes.items():
-            self._metrics.observe(operation, outcome, seconds, count)
+        finally:
+            seconds = time.perf_counter() - started
+            for (operation, outcome), count in answers.outcomes.items():
+                self._metrics.observe(operation, outcome, seconds, count)
         return response
 
     def _batch_op(self, principal: Principal, op: schemas.BatchOp, msgpack_args: bool) -> tuple[Route, Call, Any]:
@@ -245,13 +246,15 @@ class _BatchAnswers:
             self.outcomes[(operation, outcome)] = self.outcomes.get((operation, outcome), 0) + 1
         return schemas.BatchResponse(results=self.results)
 
-    def abandon(self) -> None:
+    def abandon(self, *, client_left: bool) -> None:
         """The client left (or the node failed) before the batch was answered: queued acquires
         leave their line or give back what they were granted meanwhile (nobody will hear of
         it), and listings stop. The one being awaited cleaned up itself. An op that did not
         queue keeps its answer, as a single request does: a retry with its request_id gets it."""
         awaited = len(self.results)
-        for index, (_, item) in enumerate(self._prepared):
+        for index, (operation, item) in enumerate(self._prepared):
+            if client_left and index >= awaited:  # applied or not, no answer reached anyone
+                self.outcomes[(operation, "client_left")] = self.outcomes.get((operation, "client_left"), 0) + 1
             if index == awaited:
                 continue
             if isinstance(item, asyncio.Future):

@@ -82,4 +82,4 @@ class Metrics:
             kind, _, op = operation.partition(".")
             labels = self._labels[operation] = (kind, op)
         self.ops.inc((*labels, outcome), count)
-        self.latency.observe(labels, seconds)
+        self.latency.observe(labels, seconds, count)

@@ -55,12 +55,13 @@ class HistogramTally(Collector):
         self._series: dict[Labels, list[float]] = {}
         registry.register(self)
 
-    def observe(self, labels: Labels, value: float) -> None:
+    def observe(self, labels: Labels, value: float, count: int = 1) -> None:
+        """`count` observations of `value` (the ops of one batch share its latency)."""
         series = self._series.get(labels)
         if series is None:
             series = self._series[labels] = [0.0] * (len(self._bounds) + 2)
-        series[bisect_left(self._bounds, value)] += 1  # le: a value equal to a bound falls in it
-        series[-1] += value
+        series[bisect_left(self._bounds, value)] += count  # le: a value equal to a bound falls in it
+        series[-1] += value * count
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
