@@ -286,9 +286,28 @@ class _Batcher:
             if not isinstance(error, Exception):
                 raise
             return
-        for (_, future), response in zip(items, responses, strict=True):
+        for (send, future), response in zip(items, responses, strict=True):
             if not future.done():
                 future.set_result(response)
+            elif future.cancelled():
+                self._give_back(send, response)
+
+    def _give_back(self, send: Send, response: Response) -> None:
+        """A caller cancelled while its batch was on the wire was granted a lease it will never
+        hear of: release it. (One that timed out retries with its request_id and gets it.)"""
+        release = _core.release_of_unheard_grant(send.call, response)
+        if release is None:
+            return
+
+        async def give_back(call: Call[bool]) -> None:
+            with contextlib.suppress(errors.LockgateError, OSError):  # at worst it expires by its TTL
+                await self._transport.request(
+                    call.method, call.path, call.encoded_body(), send.timeout, send.connect_timeout
+                )
+
+        task = asyncio.ensure_future(give_back(release))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _give_up(future: asyncio.Future[Response], send: Send) -> None:

@@ -641,6 +641,18 @@ def release_call(lease: Lease) -> Call[bool]:
     )
 
 
+def release_of_unheard_grant(call: Call[Any], response: Response) -> Call[bool] | None:
+    """The release that gives back a lease granted to a caller who is gone (cancelled while its
+    request was on the wire), so that nobody holds it for its whole TTL; None for anything else."""
+    if response.status != 200 or call.operation not in ("locks.acquire", "semaphores.acquire"):
+        return None
+    try:
+        lease = result_from(call, response)
+    except errors.LockgateError:
+        return None
+    return release_call(lease) if isinstance(lease, Lease) else None
+
+
 class Rescheduling(Protocol):
     """A lease context whose background keeper a renewal sent by hand must reach."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from lockgate import AsyncClient, Conflict, LockHeld
+from lockgate import AsyncClient, Conflict, LockHeld, _core
 from lockgate._async import MAX_BATCH_OPS
 
 if TYPE_CHECKING:
@@ -113,3 +113,21 @@ async def test_a_batch_larger_than_the_servers_body_limit_is_split(start_server:
         sent = lg.requests_sent
         await asyncio.gather(*(lg.counter("c").add(1) for _ in range(100)))  # the client learnt the bound
         assert lg.requests_sent - sent < sent
+
+
+async def test_a_grant_whose_caller_was_cancelled_in_flight_is_given_back(start_server: ServerFactory) -> None:
+    """The grant arrived in the batch's answer and was dropped: the lock stayed held by nobody
+    for its whole TTL. (A caller that timed out instead retries with its request_id and gets
+    the same lease back, so only a cancelled caller's grant is released.)"""
+    server = start_server()
+    async with AsyncClient(server.url, namespace="batch") as lg:
+        sent_before = lg.requests_sent
+        victim = asyncio.ensure_future(lg.run(_core.acquire_call("batch", "lock", "cancelled", ttl=30, wait=0)))
+        others = [asyncio.ensure_future(lg.counter(f"c{index}").add(1)) for index in range(20)]
+        while lg.requests_sent == sent_before:  # until the batch carrying the acquire is on its way
+            await asyncio.sleep(0)
+        victim.cancel()
+        await asyncio.gather(*others)
+        assert victim.cancelled()
+        async with lg.lock("cancelled", ttl=5, wait=5) as lease:  # free again, long before 30 s
+            assert lease.token > 0
