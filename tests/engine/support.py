@@ -8,6 +8,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import pytest
 import redis.asyncio as redis
 
 from lockgate_server.core.ops import Command, CounterGet, Granted, Result
@@ -16,7 +17,7 @@ from lockgate_server.engine.node import Engine
 from lockgate_server.engine.routing import shard_for
 from lockgate_server.errors import RetryableError
 from lockgate_server.storage.embedded import EmbeddedValkey
-from lockgate_server.storage.log import RedisLog, record_decoder, shard_keys
+from lockgate_server.storage.log import RedisLog, ShardHistory, record_decoder, shard_keys
 
 
 def names_on_shard(engine: Engine, kind: str, namespace: str, shard: int, count: int, prefix: str = "n") -> list[str]:
@@ -176,3 +177,17 @@ def passing_on_to(port: int, ends: tuple[type[BaseException], ...] = (Connection
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
     return handle
+
+
+def make_loads_slow(monkeypatch: pytest.MonkeyPatch, *, all_shards_s: float, shard_count: int) -> None:
+    """Loading every shard takes `all_shards_s`, one shard after another, as replaying a large
+    store does (replay is CPU work)."""
+    replaying = asyncio.Lock()
+    read_history = RedisLog.read_history
+
+    async def slow_read(self: RedisLog, shard: int, epoch: int) -> ShardHistory:
+        async with replaying:
+            await asyncio.sleep(all_shards_s / shard_count)
+            return await read_history(self, shard, epoch)
+
+    monkeypatch.setattr(RedisLog, "read_history", slow_read)

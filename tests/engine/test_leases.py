@@ -12,7 +12,7 @@ import pytest
 from lockgate_server.core.ops import Acquire, Failure, Granted, Inspect, LeaseInfo, Release, Released
 from lockgate_server.engine.node import Engine, new_lease_id
 
-from .support import eventually, finished_within
+from .support import eventually, finished_within, make_loads_slow
 
 if TYPE_CHECKING:
     from conftest import Engines
@@ -56,8 +56,14 @@ async def queue_up(engine: Engine, name: str, holders: list[str]) -> list[asynci
     return tasks
 
 
-async def test_an_outage_never_shortens_a_lease(engines: Engines) -> None:
-    first = await engines.start()
+@pytest.mark.parametrize("slow_load", [False, True], ids=["quick-load", "load-longer-than-the-owner-lease"])
+async def test_an_outage_never_shortens_a_lease(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch, slow_load: bool
+) -> None:
+    """Also when the next owner renews its claim while it loads: those renewals once overwrote
+    the last heartbeat of the previous owner, where the outage starts."""
+    config = engines.config(owner_lease_ms=1_000)
+    first = await engines.start(config)
     ttl_ms = 3000
     granted, _ = await first.execute(acquire("outage", ttl_ms=ttl_ms))
     assert isinstance(granted, Granted)
@@ -68,7 +74,9 @@ async def test_an_outage_never_shortens_a_lease(engines: Engines) -> None:
 
     await asyncio.sleep(1.5)  # the outage: half the TTL passes with nobody serving the lock
 
-    second = await engines.start()
+    if slow_load:
+        make_loads_slow(monkeypatch, all_shards_s=2 * config.owner_lease_ms / 1000, shard_count=config.shard_count)
+    second = await engines.start(config)
     after = await inspect(second, "outage")
     assert after.held and after.token == granted.token
     assert after.remaining_ms is not None

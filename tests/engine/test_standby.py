@@ -13,9 +13,9 @@ from lockgate_server.core.ops import Acquire, CounterAdd, CounterGet, CounterVal
 from lockgate_server.engine.node import Engine, SlotStatus, new_lease_id
 from lockgate_server.errors import Unavailable
 from lockgate_server.storage.embedded import EmbeddedValkey
-from lockgate_server.storage.log import RedisLog, ShardHistory, shard_keys
+from lockgate_server.storage.log import shard_keys
 
-from .support import admin_client, eventually, execute_until_served, shard_epochs
+from .support import admin_client, eventually, execute_until_served, make_loads_slow, shard_epochs
 
 if TYPE_CHECKING:
     from conftest import Engines
@@ -106,15 +106,7 @@ async def test_an_owner_whose_shards_load_longer_than_its_lease_keeps_them(
     first = await engines.start(config)
     await first.execute(ADD)
     await engines.stop(first)
-    replaying = asyncio.Lock()  # replay is CPU work: shards load one after another
-    read_history = RedisLog.read_history
-
-    async def slow_read(self: RedisLog, shard: int, epoch: int) -> ShardHistory:
-        async with replaying:
-            await asyncio.sleep(LEASE_MS / 1000 / config.shard_count * 2)  # all shards: twice the lease
-            return await read_history(self, shard, epoch)
-
-    monkeypatch.setattr(RedisLog, "read_history", slow_read)
+    make_loads_slow(monkeypatch, all_shards_s=2 * LEASE_MS / 1000, shard_count=config.shard_count)
 
     async def standby_later() -> Engine:
         await asyncio.sleep(LEASE_MS / 1000 / 4)

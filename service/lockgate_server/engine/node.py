@@ -171,7 +171,14 @@ class Engine:
             while True:
                 claimed, taken_at = await self._claim(slots, mode)
                 if claimed.ok:
-                    await asyncio.gather(*(self._load(slot, claimed, taken_at) for slot in slots))
+                    # Nobody can renew a lease before the node serves, so every shard recovers
+                    # (and its leases' clocks start again) once the last one has replayed.
+                    replayed = asyncio.Barrier(len(slots))
+                    try:
+                        await asyncio.gather(*(self._load(slot, claimed, taken_at, replayed) for slot in slots))
+                    except BaseException:
+                        await replayed.abort()  # the other loads must not wait for this one forever
+                        raise
                     await self._announce()
                     break
                 if time.monotonic() >= give_up_at:
@@ -595,8 +602,11 @@ class Engine:
         )
         return claimed, taken_at
 
-    async def _load(self, slot: Slot, claimed: Claimed, taken_at: float) -> None:
-        """Replay a claimed shard and recover it; it serves once the recovery is durable."""
+    async def _load(
+        self, slot: Slot, claimed: Claimed, taken_at: float, replayed: asyncio.Barrier | None = None
+    ) -> None:
+        """Replay a claimed shard and recover it (once every shard of `replayed` has replayed);
+        it serves once the recovery is durable."""
         if claimed.wait_ms:
             # A previous owner may serve until its lease runs out: start after it.
             await asyncio.sleep(claimed.wait_ms / 1000)
@@ -624,6 +634,8 @@ class Engine:
         self._ahead_ms = max(self._ahead_ms, state.last_now_ms - self._clock.now_ms())
         self._last_now_ms = max(self._last_now_ms, state.last_now_ms)
         generation = slot.generation
+        if replayed is not None:
+            await replayed.wait()
         self._sequence(slot, Recover(last_alive_ms=history.last_alive_ms))
         await self._through_gate(slot, generation)  # the Recover is durable before anyone is served
         slot.status = SlotStatus.READY
@@ -705,16 +717,16 @@ class Engine:
         lease_s = self.config.owner_lease_ms / 1000
         while True:
             await asyncio.sleep(lease_s / 3)
-            held = [slot for slot in self._slots.values() if slot.status is not SlotStatus.STANDBY]
+            serving = [slot.shard for slot in self._slots.values() if slot.status is SlotStatus.READY]
+            loading = [slot.shard for slot in self._slots.values() if slot.status is SlotStatus.LOADING]
+            held = [self._slots[shard] for shard in serving + loading]
             if not held:
                 continue
             sent_at = time.monotonic()
             try:
                 lost = set(
                     await _cancellable(
-                        self._store.renew(
-                            [slot.shard for slot in held], self.node_id, self.config.owner_lease_ms, self._now()
-                        )
+                        self._store.renew(serving, loading, self.node_id, self.config.owner_lease_ms, self._now())
                     )
                 )
             except STORE_ERRORS as error:

@@ -114,14 +114,17 @@ ClaimMode = Literal["ours", "free", "force"]
 
 # RENEW: extend the ownership lease of many shards and record that the owner is alive.
 # KEYS: per shard, 2 each: owner, alive
-# ARGV: node_id, lease_ms, now_ms
+# ARGV: node_id, lease_ms, now_ms, serving: the first `serving` shards are served, and only
+#       theirs get `alive`; a shard still loading keeps its previous owner's last heartbeat,
+#       where its outage starts.
 # Returns: the (1-based) positions of shards this node no longer owns.
 RENEW_SCRIPT: Final = """
 local lost = {}
+local serving = tonumber(ARGV[4])
 for i = 0, #KEYS / 2 - 1 do
   if redis.call('GET', KEYS[2*i+1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[2*i+1], ARGV[2])
-    redis.call('SET', KEYS[2*i+2], ARGV[3])
+    if i < serving then redis.call('SET', KEYS[2*i+2], ARGV[3]) end
   else
     lost[#lost + 1] = i + 1
   end
@@ -335,10 +338,14 @@ class RedisLog:
         epochs_by_shard = dict(zip(shards, map(int, epochs), strict=True)) if epochs else {}
         return Claimed(outcome.decode(), epochs_by_shard, int(wait_ms))
 
-    async def renew(self, shards: list[int], node_id: str, lease_ms: int, now_ms: int) -> list[int]:
-        """Extend our ownership of `shards` and note we are alive; returns the shards we lost."""
+    async def renew(
+        self, serving: list[int], loading: list[int], node_id: str, lease_ms: int, now_ms: int
+    ) -> list[int]:
+        """Extend our ownership of the shards, noting we are alive on those we serve; returns
+        the shards we lost."""
+        shards = serving + loading
         keys = [key for shard in shards for key in (shard_keys(shard).owner, shard_keys(shard).alive)]
-        lost = await self._other.eval(RENEW_SCRIPT, len(keys), *keys, node_id, lease_ms, now_ms)
+        lost = await self._other.eval(RENEW_SCRIPT, len(keys), *keys, node_id, lease_ms, now_ms, len(serving))
         return [shards[int(position) - 1] for position in lost]
 
     async def release(self, shards: list[int], node_id: str) -> None:
