@@ -73,13 +73,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the servers could not bind (host, port), probed as asyncio binds: every address the
+    host names, IPv6 sockets IPv6-only, SO_REUSEADDR."""
     try:
-        family, kind, protocol, _, address = socket.getaddrinfo(
+        for family, kind, protocol, _, address in socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
-            probe.bind(address)
+        ):
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
     except OSError as error:
         return error.strerror or str(error)
     return None

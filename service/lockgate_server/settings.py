@@ -193,16 +193,16 @@ def _advertised(url: str, source: str) -> str:
     """An HTTP URL other nodes can parse. The Helm chart's http://$(POD_IP):8420 cannot put an
     IPv6 pod IP in brackets, so a bare IPv6 address before the port gets them here."""
     parts = urlsplit(url)
+    host, _, port = parts.netloc.rpartition(":")
+    if "[" not in parts.netloc and port.isdigit() and _is_ipv6(host):
+        parts = parts._replace(netloc=f"[{host}]:{port}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{source}: expected an http:// or https:// URL, got {_shown(url)}")
     try:
         parts.port  # noqa: B018 -- parsing it is the check
     except ValueError:
-        host, _, port = parts.netloc.rpartition(":")
-        if not (port.isdigit() and _is_ipv6(host)):
-            raise SettingsError(f"{source}: expected HOST:PORT after the scheme, got {_shown(url)}") from None
-        return urlunsplit(parts._replace(netloc=f"[{host}]:{port}"))
-    return url
+        raise SettingsError(f"{source}: expected HOST:PORT after the scheme, got {_shown(url)}") from None
+    return urlunsplit(parts)
 
 
 def _is_ipv6(text: str) -> bool:
